@@ -1,0 +1,83 @@
+"""The only backend-specific pieces: taking a gradient of a stateless loss."""
+
+import contextlib
+
+import keras
+
+
+def value_and_grad(fn):
+    """Returns `f(weights) -> ((value, aux), grads)` for `fn(weights) -> (value, aux)`.
+
+    `weights` is a list of tensors; `grads` matches it one to one. Weights that
+    do not reach the value get a zero gradient rather than `None`.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.value_and_grad(fn, has_aux=True)
+    if backend == "tensorflow":
+        return _tensorflow_value_and_grad(fn)
+    if backend == "torch":
+        return _torch_value_and_grad(fn)
+    raise NotImplementedError(
+        f"keras-tram supports the tensorflow, jax and torch backends; "
+        f"the current Keras backend is {backend!r}."
+    )
+
+
+def _tensorflow_value_and_grad(fn):
+    import tensorflow as tf
+
+    def wrapped(weights):
+        weights = [tf.convert_to_tensor(w) for w in weights]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(weights)
+            value, aux = fn(weights)
+        grads = tape.gradient(
+            value, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        return (value, aux), grads
+
+    return wrapped
+
+
+def _torch_value_and_grad(fn):
+    import torch
+
+    def wrapped(weights):
+        weights = [w.detach().requires_grad_(True) for w in weights]
+        with torch.enable_grad():
+            value, aux = fn(weights)
+        grads = torch.autograd.grad(value, weights, allow_unused=True)
+        grads = [
+            torch.zeros_like(w) if g is None else g
+            for g, w in zip(grads, weights)
+        ]
+        detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t
+        value = value.detach()
+        aux = keras.tree.map_structure(detach, aux)
+        return (value, aux), grads
+
+    return wrapped
+
+
+def values_of(variables):
+    """Current values of Keras variables as plain tensors, outside any tape."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [tf.convert_to_tensor(v.value) for v in variables]
+    if backend == "torch":
+        return [v.value.detach() for v in variables]
+    return [v.value for v in variables]
+
+
+def no_grad():
+    """A context in which in-place updates of trainable torch tensors are allowed."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()

@@ -1,0 +1,37 @@
+"""Argument checks with messages that name the argument and what is allowed."""
+
+import math
+import numbers
+
+import keras
+
+
+def check_non_negative(name, value):
+    """Returns `value` as a float, or raises if it is not a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a finite number >= 0; received {value!r} "
+            f"of type {type(value).__name__}."
+        )
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0; received {value!r}.")
+    return value
+
+
+def check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "`model` must be a `keras.Model` (Sequential, functional or "
+            f"subclassed); received {model!r} of type {type(model).__name__}."
+        )
+    return model
+
+
+def check_instance(name, value, cls):
+    if not isinstance(value, cls):
+        raise TypeError(
+            f"`{name}` must be a `{cls.__module__}.{cls.__name__}`; received "
+            f"{value!r} of type {type(value).__name__}."
+        )
+    return value

@@ -1,0 +1,69 @@
+"""Independent NumPy closed forms (float64) for the tests.
+
+The model is a two-layer MLP, `softmax(tanh(x W1 + b1) W2 + b2)`, trained with
+sparse categorical cross-entropy (Keras's `sum_over_batch_size` reduction:
+`Σ w_i l_i / n`) plus an optional L2 penalty `l2 · Σ W1²` on the first kernel.
+"""
+
+import numpy as np
+
+
+def mlp_loss_and_grads(weights, x, y, sample_weight=None, l2=0.0, dropout=None):
+    """Loss and gradients; `dropout` is an optional scaled mask on the hidden layer."""
+    w1, b1, w2, b2 = weights
+    n = x.shape[0]
+    sample_weight = np.ones(n) if sample_weight is None else sample_weight
+    dropout = np.ones((n, w1.shape[1])) if dropout is None else dropout
+    h = np.tanh(x @ w1 + b1)
+    z = (h * dropout) @ w2 + b2
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    onehot = np.eye(z.shape[1])[y]
+    losses = -np.log((p * onehot).sum(axis=1))
+    loss = (sample_weight * losses).sum() / n + l2 * (w1**2).sum()
+    dz = (p - onehot) * sample_weight[:, None] / n
+    dw2 = (h * dropout).T @ dz
+    db2 = dz.sum(axis=0)
+    da = (dz @ w2.T) * dropout * (1 - h**2)
+    dw1 = x.T @ da + 2 * l2 * w1
+    db1 = da.sum(axis=0)
+    return loss, [dw1, db1, dw2, db2]
+
+
+def global_norm(tensors):
+    return np.sqrt(sum((t**2).sum() for t in tensors))
+
+
+def sam_epsilon(grads, weights, rho):
+    norm = global_norm(grads)
+    if norm == 0:
+        return [np.zeros_like(g) for g in grads]
+    return [rho * g / norm for g in grads]
+
+
+def asam_epsilon(grads, weights, rho, eta):
+    t = [np.abs(w) + eta for w in weights]
+    norm = global_norm([ti * g for ti, g in zip(t, grads)])
+    if norm == 0:
+        return [np.zeros_like(g) for g in grads]
+    return [rho * ti**2 * g / norm for ti, g in zip(t, grads)]
+
+
+def train_sgd(weights, batches, epsilon_fn, learning_rates, l2=0.0, dropout=None):
+    """Sharpness-aware SGD over `batches` of `(x, y, sample_weight)`.
+
+    `learning_rates` is one number, or one per batch. Both gradients of a step
+    see the same `dropout` mask. Returns the final weights and, per step, the
+    clean gradient norm.
+    """
+    weights = [np.array(w, dtype=np.float64) for w in weights]
+    learning_rates = np.broadcast_to(learning_rates, (len(batches),))
+    grad_norms = []
+    for (x, y, sample_weight), lr in zip(batches, learning_rates):
+        _, grads = mlp_loss_and_grads(weights, x, y, sample_weight, l2, dropout)
+        grad_norms.append(global_norm(grads))
+        eps = epsilon_fn(grads, weights)
+        perturbed = [w + e for w, e in zip(weights, eps)]
+        _, descent = mlp_loss_and_grads(perturbed, x, y, sample_weight, l2, dropout)
+        weights = [w - lr * g for w, g in zip(weights, descent)]
+    return weights, grad_norms

@@ -1,0 +1,134 @@
+"""SAM and ASAM against independent NumPy closed forms, on the current backend."""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND
+from conftest import EXECUTION_MODES
+from conftest import cross_entropy
+from conftest import make_data
+from conftest import make_mlp
+
+import keras_tram
+import reference
+
+METHODS = {
+    "sam": (
+        lambda model: keras_tram.SAM(model, rho=0.3),
+        lambda g, w: reference.sam_epsilon(g, w, rho=0.3),
+    ),
+    "asam": (
+        lambda model: keras_tram.ASAM(model, rho=0.5, eta=0.0),
+        lambda g, w: reference.asam_epsilon(g, w, rho=0.5, eta=0.0),
+    ),
+    "asam_eta": (
+        lambda model: keras_tram.ASAM(model, rho=0.5, eta=0.1),
+        lambda g, w: reference.asam_epsilon(g, w, rho=0.5, eta=0.1),
+    ),
+}
+LEARNING_RATE = 0.2
+
+
+def _fit_and_reference(method, batch_size=8, epochs=2, weighted=False, l2=0.0,
+                       steps_per_execution=1, optimizer=None, **compile_kwargs):
+    wrap, epsilon = METHODS[method]
+    model, initial = make_mlp(l2=l2)
+    x, y, sample_weight = make_data()
+    sample_weight = sample_weight if weighted else None
+    wrapped = wrap(model)
+    wrapped.compile(
+        optimizer=optimizer or keras.optimizers.SGD(LEARNING_RATE),
+        loss=cross_entropy(),
+        steps_per_execution=steps_per_execution,
+        **compile_kwargs,
+    )
+    history = wrapped.fit(
+        x, y, sample_weight=sample_weight, batch_size=batch_size,
+        epochs=epochs, shuffle=False, verbose=0,
+    )
+    batches = [
+        (x[i:i + batch_size], y[i:i + batch_size],
+         None if sample_weight is None else sample_weight[i:i + batch_size])
+        for _ in range(epochs) for i in range(0, len(x), batch_size)
+    ]
+    expected, grad_norms = reference.train_sgd(
+        initial, batches, epsilon, LEARNING_RATE, l2=l2
+    )
+    return model, expected, grad_norms, history
+
+
+def _assert_weights(model, expected, atol=1e-5):
+    for actual, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(actual, want, atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("mode", sorted(EXECUTION_MODES))
+def test_weights_match_closed_form(method, mode):
+    model, expected, grad_norms, history = _fit_and_reference(
+        method, **EXECUTION_MODES[mode]
+    )
+    _assert_weights(model, expected)
+    # The logged grad_norm is the epoch mean of the clean gradient norms.
+    steps_per_epoch = len(grad_norms) // 2
+    np.testing.assert_allclose(
+        history.history["grad_norm"],
+        [np.mean(grad_norms[:steps_per_epoch]), np.mean(grad_norms[steps_per_epoch:])],
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("method", ["sam", "asam_eta"])
+def test_sample_weight_and_regularizer(method):
+    model, expected, _, _ = _fit_and_reference(method, weighted=True, l2=0.05)
+    _assert_weights(model, expected)
+
+
+if BACKEND != "torch":  # Keras itself runs torch steps one at a time.
+
+    @pytest.mark.parametrize("method", ["sam", "asam"])
+    def test_steps_per_execution(method):
+        model, expected, _, _ = _fit_and_reference(
+            method, batch_size=4, steps_per_execution=2
+        )
+        _assert_weights(model, expected)
+
+
+@pytest.mark.parametrize("method", ["sam", "asam"])
+def test_loss_scaling_is_undone(method):
+    """A loss-scaled optimizer gives the same weights and the unscaled grad_norm."""
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(LEARNING_RATE), initial_scale=1024.0
+    )
+    model, expected, grad_norms, history = _fit_and_reference(
+        method, epochs=1, batch_size=16, optimizer=optimizer
+    )
+    _assert_weights(model, expected)
+    np.testing.assert_allclose(history.history["grad_norm"], grad_norms, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["sam", "asam"])
+def test_radius_is_logged(method):
+    _, _, _, history = _fit_and_reference(method, epochs=1)
+    rho = {"sam": 0.3, "asam": 0.5}[method]
+    np.testing.assert_allclose(history.history["radius"], [rho], rtol=1e-6)
+
+
+def test_epsilon_closed_form():
+    """The geometries alone, on random gradients and weights of mixed shapes."""
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(size=(3, 4)), rng.normal(size=(4,)), rng.normal(size=())]
+    grads = [rng.normal(size=w.shape) for w in weights]
+    cases = [
+        (keras_tram.geometry.Euclidean(), functools.partial(reference.sam_epsilon, rho=1.0)),
+        (keras_tram.geometry.Adaptive(0.0), functools.partial(reference.asam_epsilon, rho=1.0, eta=0.0)),
+        (keras_tram.geometry.Adaptive(0.3), functools.partial(reference.asam_epsilon, rho=1.0, eta=0.3)),
+    ]
+    for geometry, closed_form in cases:
+        actual = geometry.direction(
+            [g.astype("float32") for g in grads], [w.astype("float32") for w in weights]
+        )
+        for a, want in zip(actual, closed_form(grads, weights)):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), want, rtol=1e-5, atol=1e-7)

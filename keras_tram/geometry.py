@@ -1,15 +1,14 @@
 """Perturbation geometries: the direction and metric of the adversarial step.
 
-A geometry maps the clean gradient `g` (float32, loss scaling undone) and the
-weights `θ` to a direction `u` whose size is 1 in the geometry's own norm, so
-that the perturbation is `ε = r · u` for a radius `r`. A zero gradient gives
-`u = 0`.
+A geometry maps the clean gradient `g` (float32, loss scaling undone), the
+weights `θ` and a radius `r` to the perturbation `ε = r · u`, where `u` is a
+direction of size 1 in the geometry's own norm. A zero gradient gives `ε = 0`.
 
     >>> import numpy as np
     >>> from keras_tram import geometry
-    >>> u = geometry.Euclidean().direction([np.array([3.0, 4.0])], [np.ones(2)])
-    >>> np.round(np.asarray(u[0]), 3).tolist()
-    [0.6, 0.8]
+    >>> eps = geometry.Euclidean().perturbation([np.array([3.0, 4.0])], [np.ones(2)], 0.5)
+    >>> np.round(np.asarray(eps[0]), 3).tolist()
+    [0.3, 0.4]
 """
 
 import keras
@@ -20,8 +19,16 @@ from keras_tram._validation import check_non_negative
 
 def global_norm(tensors):
     """The L2 norm of a list of tensors taken as one vector, in float32."""
-    squares = [ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors]
-    return ops.sqrt(ops.sum(ops.stack(squares)))
+    return ops.norm(ops.stack([_norm(t) for t in tensors]))
+
+
+def _norm(tensor):
+    """The L2 norm of one tensor, with as few ops as its rank allows."""
+    if keras.backend.standardize_dtype(tensor.dtype) != "float32":
+        tensor = ops.cast(tensor, "float32")
+    if len(tensor.shape) not in (1, 2):
+        tensor = ops.reshape(tensor, (-1,))
+    return ops.norm(tensor)  # Frobenius for matrices
 
 
 def safe_reciprocal(x):
@@ -30,14 +37,24 @@ def safe_reciprocal(x):
     return ops.where(positive, 1.0 / ops.where(positive, x, 1.0), 0.0)
 
 
-def _float32(tensors):
-    return [ops.cast(t, "float32") for t in tensors]
+def as_float32(tensors):
+    """Tensors in float32, cast only where they are not already."""
+    return [
+        ops.convert_to_tensor(t)
+        if keras.backend.standardize_dtype(t.dtype) == "float32"
+        else ops.cast(t, "float32")
+        for t in tensors
+    ]
 
 
 class Geometry:
-    """Base class: subclasses implement `direction(grads, weights)`."""
+    """Base class: subclasses implement `perturbation(grads, weights, radius)`."""
 
-    def direction(self, grads, weights):
+    def perturbation(self, grads, weights, radius, grad_norm=None):
+        """Returns `ε` as float32 tensors matching `grads`.
+
+        `grad_norm`, when given, is `global_norm(grads)`, already computed.
+        """
         raise NotImplementedError
 
     def get_config(self):
@@ -56,10 +73,12 @@ class Geometry:
 class Euclidean(Geometry):
     """SAM's ball (Foret et al., 2021): `u = g / ‖g‖`."""
 
-    def direction(self, grads, weights):
-        grads = _float32(grads)
-        inverse_norm = safe_reciprocal(global_norm(grads))
-        return [g * inverse_norm for g in grads]
+    def perturbation(self, grads, weights, radius, grad_norm=None):
+        grads = as_float32(grads)
+        if grad_norm is None:
+            grad_norm = global_norm(grads)
+        scale = radius * safe_reciprocal(grad_norm)
+        return [g * scale for g in grads]
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
@@ -76,12 +95,12 @@ class Adaptive(Geometry):
     def __init__(self, eta=0.0):
         self.eta = check_non_negative("eta", eta)
 
-    def direction(self, grads, weights):
-        grads = _float32(grads)
-        scales = [ops.abs(w) + self.eta for w in _float32(weights)]
+    def perturbation(self, grads, weights, radius, grad_norm=None):
+        grads = as_float32(grads)
+        scales = [ops.abs(w) + self.eta for w in as_float32(weights)]
         scaled = [t * g for t, g in zip(scales, grads)]
-        inverse_norm = safe_reciprocal(global_norm(scaled))
-        return [t * tg * inverse_norm for t, tg in zip(scales, scaled)]
+        scale = radius * safe_reciprocal(global_norm(scaled))
+        return [t * tg * scale for t, tg in zip(scales, scaled)]
 
     def get_config(self):
         return {"eta": self.eta}

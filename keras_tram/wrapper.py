@@ -27,6 +27,7 @@ class Step:
         weights: current values of the trainable weights (θ).
         non_trainable: values of the non-trainable variables before the step.
         grads: the clean gradient `g` in float32, loss scaling undone.
+        grad_norm: its global L2 norm.
         forward: `forward(weights, inputs) -> y_pred`, a training-mode forward
             pass with the same non-trainable state (so the same dropout masks
             and BatchNorm mode) as the clean pass, without gradient.
@@ -41,8 +42,8 @@ class SharpnessAware(keras.Model):
     """Wraps a model so that `fit` runs a sharpness-aware step.
 
     Each step takes the clean gradient `g` at the weights `θ`, perturbs the
-    weights to `θ + ε` with `ε = r · u`, where `u = geometry.direction(g, θ)`
-    and `r = radius(step)`, takes the gradient `g'` there, and lets the
+    weights to `θ + ε` with `ε = geometry.perturbation(g, θ, r)` and
+    `r = radius(step)`, takes the gradient `g'` there, and lets the
     compiled optimizer apply `g'` at `θ`. The weights themselves are never
     perturbed: the second pass runs on perturbed copies. Metrics, the loss in
     the progress bar and the non-trainable state (BatchNorm statistics, seed
@@ -127,10 +128,11 @@ class SharpnessAware(keras.Model):
     ):
         """The method, written once and stateless.
 
-        Returns `(descent_grads, finite, non_trainable, metrics, logs)`: the
-        gradient to apply at `weights` (still loss-scaled, as the optimizer
-        expects), whether every gradient and the radius are finite, and the
-        new non-trainable and metric values from the clean pass.
+        Returns `(descent_grads, finite, clean)`: the gradient to apply at
+        `weights` (still loss-scaled, as the optimizer expects), whether every
+        gradient and the radius are finite, and a `Step` describing the clean
+        pass (its loss, predictions, new non-trainable and metric values, and
+        the step statistics `radius` and `grad_norm`).
         """
         grad_fn = _backend.value_and_grad(
             lambda w: self._loss(
@@ -140,8 +142,10 @@ class SharpnessAware(keras.Model):
         (_, (loss, y_pred, new_non_trainable, new_metrics)), scaled_grads = grad_fn(
             weights
         )
-        inverse_scale = 1.0 / loss_scale
-        grads = [ops.cast(g, "float32") * inverse_scale for g in scaled_grads]
+        grads = geometry_lib.as_float32(scaled_grads)
+        if self._optimizer_scales_loss:
+            grads = [g / loss_scale for g in grads]
+        grad_norm = geometry_lib.global_norm(grads)
 
         def forward(w, inputs):
             y_pred = self._forward(w, non_trainable, inputs)[0]
@@ -155,38 +159,43 @@ class SharpnessAware(keras.Model):
             weights=weights,
             non_trainable=non_trainable,
             grads=grads,
+            grad_norm=grad_norm,
             forward=forward,
         )
         radius = ops.cast(self.radius(step), "float32")
-        direction = self.geometry.direction(grads, weights)
-        perturbed = [
-            w + ops.cast(radius * u, w.dtype) for w, u in zip(weights, direction)
-        ]
+        epsilon = self.geometry.perturbation(grads, weights, radius, grad_norm)
+        perturbed = [w + ops.cast(e, w.dtype) for w, e in zip(weights, epsilon)]
         _, descent_grads = grad_fn(perturbed)
 
-        finite = ops.logical_and(
-            _all_finite(grads + list(descent_grads)), ops.isfinite(radius)
-        )
-        statistics = {"radius": radius, "grad_norm": geometry_lib.global_norm(grads)}
-        logs, new_metrics = self._update_metrics(
-            new_metrics, loss, x, y, y_pred, sample_weight, statistics
-        )
-        return descent_grads, finite, new_non_trainable, new_metrics, logs
-
-    def _update_metrics(self, metrics, loss, x, y, y_pred, sample_weight, statistics):
-        """Stateless metric update from the clean pass: `(logs, new metric values)`."""
-        mapping = list(zip(self.metrics_variables, metrics))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            first_input = next(i for i in keras.tree.flatten(x) if i is not None)
-            self._loss_tracker.update_state(
-                unscale_loss_for_distribution(loss),
-                sample_weight=ops.shape(first_input)[0],
+        # One norm per gradient is a cheaper finiteness check than one per
+        # element; a norm that overflows float32 also counts as non-finite.
+        finite = ops.all(
+            ops.isfinite(
+                ops.stack([grad_norm, geometry_lib.global_norm(descent_grads), radius])
             )
-            self.radius_tracker.update_state(statistics["radius"])
-            self.grad_norm_tracker.update_state(statistics["grad_norm"])
-            logs = self.compute_metrics(x, y, y_pred, sample_weight)
-        metrics = [scope.get_current_value(v) for v in self.metrics_variables]
-        return logs, metrics
+        )
+        step.loss = loss
+        step.new_non_trainable = new_non_trainable
+        step.new_metrics = new_metrics
+        step.statistics = {"radius": radius, "grad_norm": grad_norm}
+        return descent_grads, finite, step
+
+    def _update_metrics(self, step):
+        """Updates the metrics from the clean pass and returns the logs."""
+        first_input = next(i for i in keras.tree.flatten(step.x) if i is not None)
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(step.loss),
+            sample_weight=ops.shape(first_input)[0],
+        )
+        self.radius_tracker.update_state(step.statistics["radius"])
+        self.grad_norm_tracker.update_state(step.statistics["grad_norm"])
+        return self.compute_metrics(step.x, step.y, step.y_pred, step.sample_weight)
+
+    @property
+    def _optimizer_scales_loss(self):
+        return self._optimizer_skips_non_finite or (
+            getattr(self.optimizer, "loss_scale_factor", None) is not None
+        )
 
     @property
     def _optimizer_skips_non_finite(self):
@@ -199,17 +208,20 @@ class SharpnessAware(keras.Model):
         def train_step(self, state, data):
             weights, non_trainable, optimizer_values, metrics = state
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-            grads, finite, new_non_trainable, metrics, logs = (
-                self._sharpness_aware_step(
-                    weights,
-                    non_trainable,
-                    metrics,
-                    x,
-                    y,
-                    sample_weight,
-                    self._loss_scale(optimizer_values),
-                )
+            grads, finite, step = self._sharpness_aware_step(
+                weights,
+                non_trainable,
+                metrics,
+                x,
+                y,
+                sample_weight,
+                self._loss_scale(optimizer_values),
             )
+            mapping = list(zip(self.metrics_variables, step.new_metrics))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                logs = self._update_metrics(step)
+            metrics = [scope.get_current_value(v) for v in self.metrics_variables]
+
             new_weights, new_optimizer_values = self.optimizer.stateless_apply(
                 optimizer_values, grads, weights
             )
@@ -218,7 +230,7 @@ class SharpnessAware(keras.Model):
                 new_optimizer_values = _select(
                     finite, new_optimizer_values, optimizer_values
                 )
-            new_non_trainable = _select(finite, new_non_trainable, non_trainable)
+            new_non_trainable = _select(finite, step.new_non_trainable, non_trainable)
             state = (new_weights, new_non_trainable, new_optimizer_values, metrics)
             return logs, state
 
@@ -231,16 +243,14 @@ class SharpnessAware(keras.Model):
         def train_step(self, data):
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             non_trainable = _backend.values_of(self.non_trainable_variables)
-            grads, finite, new_non_trainable, metrics, logs = (
-                self._sharpness_aware_step(
-                    _backend.values_of(self.trainable_variables),
-                    non_trainable,
-                    _backend.values_of(self.metrics_variables),
-                    x,
-                    y,
-                    sample_weight,
-                    self._loss_scale(),
-                )
+            grads, finite, step = self._sharpness_aware_step(
+                _backend.values_of(self.trainable_variables),
+                non_trainable,
+                _backend.values_of(self.metrics_variables),
+                x,
+                y,
+                sample_weight,
+                self._loss_scale(),
             )
             with _backend.no_grad():
                 apply = lambda: self.optimizer.apply(grads, self.trainable_variables)
@@ -248,10 +258,10 @@ class SharpnessAware(keras.Model):
                     apply()
                 else:
                     ops.cond(finite, apply, lambda: None)
-                new_non_trainable = _select(finite, new_non_trainable, non_trainable)
+                new_non_trainable = _select(finite, step.new_non_trainable, non_trainable)
                 _assign(self.non_trainable_variables, new_non_trainable)
-                _assign(self.metrics_variables, metrics)
-            return logs
+                _assign(self.metrics_variables, step.new_metrics)
+                return self._update_metrics(step)
 
         def test_step(self, data):
             return _without_step_statistics(super().test_step(data))
@@ -309,11 +319,6 @@ class SharpnessAware(keras.Model):
                     config[key], custom_objects=custom_objects
                 )
         return cls(**config)
-
-
-def _all_finite(tensors):
-    flags = [ops.all(ops.isfinite(t)) for t in tensors]
-    return ops.all(ops.stack(flags))
 
 
 def _select(condition, new_values, old_values):

@@ -127,8 +127,8 @@ def test_epsilon_closed_form():
         (keras_tram.geometry.Adaptive(0.3), functools.partial(reference.asam_epsilon, rho=1.0, eta=0.3)),
     ]
     for geometry, closed_form in cases:
-        actual = geometry.direction(
-            [g.astype("float32") for g in grads], [w.astype("float32") for w in weights]
+        actual = geometry.perturbation(
+            [g.astype("float32") for g in grads], [w.astype("float32") for w in weights], 1.0
         )
         for a, want in zip(actual, closed_form(grads, weights)):
             np.testing.assert_allclose(keras.ops.convert_to_numpy(a), want, rtol=1e-5, atol=1e-7)

@@ -81,3 +81,20 @@ def no_grad():
 
         return torch.no_grad()
     return contextlib.nullcontext()
+
+
+def seed_dropout(model):
+    """Makes every dropout mask of `model` follow its seed generator's state.
+
+    Keras's torch backend draws unseeded `Dropout` masks from torch's global
+    generator, so two passes over the same state would see different masks.
+    Marking the generators as seeded (their state is already set) takes the
+    seeded path, whose masks are a function of the state. Other backends
+    always take that path.
+    """
+    if keras.backend.backend() != "torch":
+        return
+    for layer in model._flatten_layers():
+        for generator in getattr(layer, "_seed_generators", []):
+            if generator._initial_seed is None:
+                generator._initial_seed = int(keras.ops.convert_to_numpy(generator.state)[0])

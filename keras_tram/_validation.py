@@ -35,3 +35,20 @@ def check_instance(name, value, cls):
             f"{value!r} of type {type(value).__name__}."
         )
     return value
+
+
+def check_unit_interval(name, value):
+    """Returns `value` as a float, or raises if it is not in [0, 1]."""
+    value = check_non_negative(name, value)
+    if value > 1:
+        raise ValueError(f"`{name}` must be in [0, 1]; received {value!r}.")
+    return value
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(repr(c) for c in choices)}; "
+            f"received {value!r}."
+        )
+    return value

@@ -105,3 +105,29 @@ class Adaptive(Geometry):
     def get_config(self):
         return {"eta": self.eta}
 
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class Fisher(Geometry):
+    """FSAM's Fisher ellipsoid (Kim et al., 2022).
+
+    `u = D g / sqrt(gᵀ D g)` with `D = (1 + η f)⁻¹` and `f = g²`, the
+    diagonal Fisher estimated from the batch gradient.
+
+    Args:
+        eta: a finite number >= 0 weighting the Fisher estimate.
+    """
+
+    def __init__(self, eta=0.1):
+        self.eta = check_non_negative("eta", eta)
+
+    def perturbation(self, grads, weights, radius, grad_norm=None):
+        grads = as_float32(grads)
+        inverse = [1.0 / (1.0 + self.eta * ops.square(g)) for g in grads]
+        scaled = [d * g for d, g in zip(inverse, grads)]
+        squared = ops.sum(ops.stack([ops.sum(dg * g) for dg, g in zip(scaled, grads)]))
+        scale = radius * safe_reciprocal(ops.sqrt(squared))
+        return [dg * scale for dg in scaled]
+
+    def get_config(self):
+        return {"eta": self.eta}

@@ -2,9 +2,17 @@
 
 import keras
 
+from keras_tram._validation import check_choice
 from keras_tram.geometry import Adaptive
 from keras_tram.geometry import Euclidean
+from keras_tram.geometry import Fisher
+from keras_tram.penalty import Penalty
 from keras_tram.radius import Constant
+from keras_tram.radius import TrustRegion
+from keras_tram.trust_region import InitialWeights
+from keras_tram.trust_region import MovingAverageWeights
+from keras_tram.trust_region import NoisedInputs
+from keras_tram.trust_region import PreviousWeights
 from keras_tram.wrapper import SharpnessAware
 
 
@@ -63,3 +71,215 @@ class ASAM(SharpnessAware):
 
     def get_config(self):
         return {**self._base_config(), "rho": self.rho, "eta": self.eta}
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class FSAM(SharpnessAware):
+    """Fisher SAM (Kim et al., 2022): `ε = ρ D g / sqrt(gᵀ D g)`, `D = (1 + η g²)⁻¹`.
+
+    Args:
+        model: the `keras.Model` to train.
+        rho: the radius, a finite number >= 0.
+        eta: the weight of the diagonal Fisher estimate `g²`, >= 0.
+    """
+
+    def __init__(self, model, rho=0.1, eta=0.1, **kwargs):
+        super().__init__(model, geometry=Fisher(eta), radius=Constant(rho), **kwargs)
+
+    def get_config(self):
+        return {**self._base_config(), "rho": self.radius.rho, "eta": self.geometry.eta}
+
+
+TRAM_VARIANTS = ("previous_step", "pretrained", "input_noise", "fisher")
+_NOISE_VARIANTS = ("input_noise", "fisher")
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class TRAM(SharpnessAware):
+    """Trust Region Aware Minimization (Sherborne et al., ICLR 2024).
+
+    ASAM's perturbation with a trust-region radius:
+    `ε = d · θ² ⊙ g / ‖θ ⊙ g‖`, where `d` is the divergence on the current
+    batch between reference predictions and the clean predictions, taken
+    with no gradient and no penalty in the loss.
+
+    Variants (the reference):
+    - `"previous_step"` (TRAM-θ_{t-1}): the weights of the previous step.
+    - `"pretrained"` (TRAM-θ_0): the weights when training started.
+    - `"input_noise"` (TRAM-x): the same weights on inputs (or token
+      embeddings) plus `N(0, noise_stddev²)` noise.
+    - `"fisher"` (TRAM-Fisher): FSAM's perturbation with radius `rho`, its
+      Fisher estimate taken from the gradient on noised inputs (two passes).
+
+    Args:
+        model: the `keras.Model` to train.
+        variant: one of the above.
+        noise_stddev: σ for the noise variants (default 0.1); not allowed for
+            the others.
+        eta: ASAM's offset added to `|θ|` (default 0, the paper's form), or
+            FSAM's Fisher weight for `"fisher"` (default 0.1).
+        rho: the radius of the `"fisher"` variant (default 0.1).
+        divergence: `"kl"` (`KL(reference ‖ current)`, the paper's),
+            `"reverse_kl"` or `"symmetric_kl"`.
+        radius_scale: multiplies `d` (default 1, the paper's method).
+        max_radius: caps the radius (default None, no cap).
+        noise_layer: where the noise goes for token-id models (a layer or its
+            name); found automatically for keras-hub backbones and models
+            with a `keras.layers.Embedding`.
+        from_logits: whether the model outputs logits (else probabilities).
+        output_key: the entry of a dict output that holds the logits.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, keras_tram
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    wrapped = keras_tram.TRAM(model, variant="previous_step")
+    wrapped.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = wrapped.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
+    history.history["divergence"]   # d per epoch; 0 at the very first step
+    ```
+    """
+
+    def __init__(self, model, variant="previous_step", noise_stddev=None, eta=None,
+                 rho=None, divergence="kl", radius_scale=1.0, max_radius=None,
+                 noise_layer=None, from_logits=True, output_key="logits", **kwargs):
+        check_choice("variant", variant, TRAM_VARIANTS)
+        if variant not in _NOISE_VARIANTS and noise_stddev is not None:
+            raise ValueError(
+                f"`noise_stddev` applies to the variants {_NOISE_VARIANTS}; "
+                f"variant={variant!r} takes none."
+            )
+        if variant != "fisher" and rho is not None:
+            raise ValueError(
+                f"`rho` applies to variant='fisher' only; variant={variant!r} "
+                "takes its radius from the trust region."
+            )
+        self._arguments = dict(
+            variant=variant, noise_stddev=noise_stddev, eta=eta, rho=rho,
+            divergence=divergence, radius_scale=radius_scale, max_radius=max_radius,
+            noise_layer=noise_layer if not isinstance(noise_layer, keras.layers.Layer)
+            else noise_layer.name,
+            from_logits=from_logits, output_key=output_key,
+        )
+        noise = NoisedInputs(0.1 if noise_stddev is None else noise_stddev, noise_layer)
+        if variant == "fisher":
+            super().__init__(
+                model,
+                geometry=Fisher(0.1 if eta is None else eta),
+                radius=Constant(0.1 if rho is None else rho),
+                ascent_noise=noise,
+                **kwargs,
+            )
+            return
+        reference = {
+            "previous_step": PreviousWeights,
+            "pretrained": InitialWeights,
+            "input_noise": lambda: noise,
+        }[variant]()
+        radius = TrustRegion(
+            reference, divergence=divergence, scale=radius_scale,
+            max_radius=max_radius, from_logits=from_logits, output_key=output_key,
+        )
+        super().__init__(
+            model, geometry=Adaptive(0.0 if eta is None else eta), radius=radius, **kwargs
+        )
+
+    @property
+    def variant(self):
+        return self._arguments["variant"]
+
+    def get_config(self):
+        return {**self._base_config(), **self._arguments}
+
+
+class _PenaltyMethod(SharpnessAware):
+    """A plain step on `L + weight · d(reference ‖ current)`."""
+
+    def __init__(self, model, reference, weight, divergence, from_logits, output_key,
+                 **kwargs):
+        penalty = Penalty(reference, weight, divergence, from_logits, output_key)
+        super().__init__(model, penalty=penalty, **kwargs)
+
+    def _penalty_config(self):
+        return {
+            "weight": self.penalty.weight,
+            "divergence": self.penalty.divergence,
+            "from_logits": self.penalty.from_logits,
+            "output_key": self.penalty.output_key,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class TRPO(_PenaltyMethod):
+    """Trust-region penalty on the previous step: `L + λ · KL(θ_{t-1} ‖ θ)`.
+
+    Args:
+        model: the `keras.Model` to train.
+        weight: λ, >= 0.
+        divergence: `"kl"`, `"reverse_kl"` or `"symmetric_kl"`.
+    """
+
+    def __init__(self, model, weight=0.1, divergence="kl", from_logits=True,
+                 output_key="logits", **kwargs):
+        super().__init__(model, PreviousWeights(), weight, divergence, from_logits,
+                         output_key, **kwargs)
+
+    def get_config(self):
+        return {**self._base_config(), **self._penalty_config()}
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class R3F(_PenaltyMethod):
+    """R3F (Aghajanyan et al., 2021): `L + λ · KL(x + z ‖ x)`, `z ~ N(0, σ²)`.
+
+    The noise goes on float inputs or on the token embeddings, as in
+    `TRAM(variant="input_noise")`. The original R3F uses
+    `divergence="symmetric_kl"`.
+
+    Args:
+        model: the `keras.Model` to train.
+        noise_stddev: σ, >= 0.
+        weight: λ, >= 0.
+        divergence: `"kl"`, `"reverse_kl"` or `"symmetric_kl"`.
+        noise_layer: where the noise goes for token-id models.
+    """
+
+    def __init__(self, model, noise_stddev=0.1, weight=0.1, divergence="kl",
+                 noise_layer=None, from_logits=True, output_key="logits", **kwargs):
+        reference = NoisedInputs(noise_stddev, noise_layer)
+        super().__init__(model, reference, weight, divergence, from_logits,
+                         output_key, **kwargs)
+
+    def get_config(self):
+        reference = self.penalty.reference.get_config()
+        return {
+            **self._base_config(),
+            "noise_stddev": reference["stddev"],
+            "noise_layer": reference["noise_layer"],
+            **self._penalty_config(),
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class MESA(_PenaltyMethod):
+    """MESA (Du et al., 2022): `L + λ · KL(EMA ‖ θ)` with an EMA of the weights.
+
+    Args:
+        model: the `keras.Model` to train.
+        decay: the EMA decay, in [0, 1].
+        weight: λ, >= 0.
+        divergence: `"kl"`, `"reverse_kl"` or `"symmetric_kl"`.
+    """
+
+    def __init__(self, model, decay=0.999, weight=0.1, divergence="kl",
+                 from_logits=True, output_key="logits", **kwargs):
+        super().__init__(model, MovingAverageWeights(decay), weight, divergence,
+                         from_logits, output_key, **kwargs)
+
+    def get_config(self):
+        return {
+            **self._base_config(),
+            "decay": self.penalty.reference.decay,
+            **self._penalty_config(),
+        }

@@ -12,6 +12,9 @@ A radius source is called once per training step with the step's
 import keras
 from keras import ops
 
+from keras_tram import trust_region
+from keras_tram._validation import check_choice
+from keras_tram._validation import check_instance
 from keras_tram._validation import check_non_negative
 
 
@@ -20,6 +23,17 @@ class Radius:
 
     def __call__(self, step):
         raise NotImplementedError
+
+    def build(self, wrapper):
+        """Creates any state the radius keeps, as variables of `wrapper`."""
+
+    def update(self, step):
+        """End-of-step state updates, `[(variable, new_value), ...]`."""
+        return []
+
+    @property
+    def uses_noise(self):
+        return False
 
     def get_config(self):
         return {}
@@ -45,3 +59,98 @@ class Constant(Radius):
 
     def get_config(self):
         return {"rho": self.rho}
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class TrustRegion(Radius):
+    """TRAM's radius: the divergence `d` between reference and current predictions.
+
+    `r = min(scale · d, max_radius)`, with `d` measured on the current batch
+    between `reference.predictions` and the clean predictions, with no
+    gradient through it. The defaults (`scale=1`, no cap) are the paper's
+    method, which adds no hyperparameter.
+
+    Args:
+        reference: a `keras_tram.trust_region.Reference`.
+        divergence: `"kl"` (`KL(reference ‖ current)`), `"reverse_kl"` or
+            `"symmetric_kl"`.
+        scale: a finite number >= 0 multiplying `d`.
+        max_radius: a finite number >= 0 capping the radius, or None.
+        from_logits: whether the model outputs logits (else probabilities).
+        output_key: the entry of a dict output that holds the logits.
+    """
+
+    def __init__(self, reference, divergence="kl", scale=1.0, max_radius=None,
+                 from_logits=True, output_key="logits"):
+        self.reference = check_instance("reference", reference, trust_region.Reference)
+        self.divergence = check_choice("divergence", divergence, trust_region.DIVERGENCES)
+        self.scale = check_non_negative("radius_scale", scale)
+        self.max_radius = (
+            None if max_radius is None else check_non_negative("max_radius", max_radius)
+        )
+        self.from_logits = bool(from_logits)
+        self.output_key = output_key
+
+    def distance(self, step):
+        """`d` for this step, without gradient."""
+        reference = self.reference.predictions(step, step.weights)
+        d = trust_region.divergence(
+            select_logits(reference, self.output_key),
+            select_logits(step.y_pred, self.output_key),
+            self.divergence,
+            step.sample_weight,
+            self.from_logits,
+        )
+        return ops.stop_gradient(d)
+
+    def build(self, wrapper):
+        self.reference.build(wrapper)
+
+    def update(self, step):
+        return self.reference.update(step)
+
+    @property
+    def uses_noise(self):
+        return self.reference.uses_noise
+
+    def __call__(self, step):
+        d = self.distance(step)
+        step.statistics["divergence"] = d
+        radius = self.scale * d
+        if self.max_radius is not None:
+            radius = ops.minimum(radius, self.max_radius)
+        return radius
+
+    def get_config(self):
+        return {
+            "reference": keras.saving.serialize_keras_object(self.reference),
+            "divergence": self.divergence,
+            "scale": self.scale,
+            "max_radius": self.max_radius,
+            "from_logits": self.from_logits,
+            "output_key": self.output_key,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["reference"] = keras.saving.deserialize_keras_object(config["reference"])
+        return cls(**config)
+
+
+def select_logits(outputs, key="logits"):
+    """The logits among a model's outputs: the `key` entry of a dict output."""
+    if isinstance(outputs, dict):
+        if key not in outputs:
+            raise ValueError(
+                f"The model returns a dict with keys {sorted(outputs)}; the "
+                f"trust-region divergence needs its logits under `output_key`="
+                f"{key!r}. Pass the right `output_key`."
+            )
+        return outputs[key]
+    if isinstance(outputs, (list, tuple)):
+        raise ValueError(
+            "The model returns several outputs; the trust-region divergence needs "
+            "a single logits tensor, or a dict output with an `output_key` entry."
+        )
+    return outputs

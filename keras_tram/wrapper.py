@@ -1,11 +1,15 @@
 """`SharpnessAware`: the one training step every method in this package runs."""
 
+import contextlib
+
 import keras
 from keras import ops
 
 from keras_tram import _backend
 from keras_tram import geometry as geometry_lib
+from keras_tram import penalty as penalty_lib
 from keras_tram import radius as radius_lib
+from keras_tram import trust_region
 from keras_tram._validation import check_instance
 from keras_tram._validation import check_model
 
@@ -15,26 +19,38 @@ except ImportError:  # Keras versions without distribution-aware loss scaling
     unscale_loss_for_distribution = lambda loss: loss  # noqa: E731
 
 _JAX = keras.backend.backend() == "jax"
-_STEP_STATISTICS = ("radius", "grad_norm")
 
 
 class Step:
-    """What a radius source may read about the current training step.
+    """What the pieces of a method may read about the current training step.
 
     Attributes:
         x, y, sample_weight: the batch.
-        y_pred: the clean predictions at `weights` (training mode).
         weights: current values of the trainable weights (θ).
         non_trainable: values of the non-trainable variables before the step.
+        y_pred: the clean predictions at `weights` (set after the clean pass).
         grads: the clean gradient `g` in float32, loss scaling undone.
         grad_norm: its global L2 norm.
-        forward: `forward(weights, inputs) -> y_pred`, a training-mode forward
-            pass with the same non-trainable state (so the same dropout masks
-            and BatchNorm mode) as the clean pass, without gradient.
+        statistics: values to log this step, by name.
     """
 
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+    def __init__(self, wrapper, x, y, sample_weight, weights, non_trainable):
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.weights = weights
+        self.non_trainable = non_trainable
+        self.statistics = {}
+        self._wrapper = wrapper
+        self._index = wrapper._non_trainable_index
+
+    def forward(self, weights, noise=None):
+        """Predictions at `weights` in training mode, with the non-trainable
+        state the clean pass started from (so the same dropout masks and
+        BatchNorm mode), on noised inputs if `noise` is a `NoisedInputs`."""
+        return self._wrapper._forward(weights, self.non_trainable, self.x, noise)[0]
+
+    def value_of(self, variable):
+        """The value a non-trainable variable of the wrapper had before the step."""
+        return self.non_trainable[self._index[id(variable)]]
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
@@ -47,17 +63,27 @@ class SharpnessAware(keras.Model):
     compiled optimizer apply `g'` at `θ`. The weights themselves are never
     perturbed: the second pass runs on perturbed copies. Metrics, the loss in
     the progress bar and the non-trainable state (BatchNorm statistics, seed
-    generators) come from the clean pass. A step whose gradients are not
-    finite changes nothing (under a `LossScaleOptimizer` the optimizer itself
-    skips it and lowers the loss scale).
+    generators) come from the clean pass. A step whose gradients, radius or
+    divergence are not finite changes nothing (under a `LossScaleOptimizer`
+    the optimizer itself skips it and lowers the loss scale).
 
-    `call`, `predict` and `evaluate` run the wrapped model unchanged.
+    Without a geometry the step is a plain one on the penalized loss (TRPO,
+    R3F, MESA). `call`, `predict` and `evaluate` run the wrapped model
+    unchanged.
 
     Args:
         model: the `keras.Model` to train. Its weights are the ones trained.
-        geometry: a `keras_tram.geometry.Geometry`, e.g. `Euclidean()` (SAM)
-            or `Adaptive(eta)` (ASAM).
-        radius: a `keras_tram.radius.Radius`, e.g. `Constant(rho)`.
+        geometry: a `keras_tram.geometry.Geometry` (`Euclidean()` for SAM,
+            `Adaptive(eta)` for ASAM and TRAM, `Fisher(eta)` for FSAM), or
+            None for no perturbation.
+        radius: a `keras_tram.radius.Radius` (`Constant(rho)`, or
+            `TrustRegion(reference)` for TRAM); None exactly when `geometry`
+            is None.
+        penalty: an optional `keras_tram.penalty.Penalty` added to the loss
+            of every pass.
+        ascent_noise: an optional `keras_tram.trust_region.NoisedInputs`: the
+            first gradient, the one that shapes `ε`, is then taken on noised
+            inputs (TRAM-Fisher); its loss and metrics are the ones logged.
 
     Example:
 
@@ -73,30 +99,168 @@ class SharpnessAware(keras.Model):
     ```
     """
 
-    def __init__(self, model, geometry, radius, **kwargs):
+    def __init__(self, model, geometry=None, radius=None, penalty=None,
+                 ascent_noise=None, **kwargs):
         super().__init__(**kwargs)
         self.model = check_model(model)
-        self.geometry = check_instance("geometry", geometry, geometry_lib.Geometry)
-        self.radius = check_instance("radius", radius, radius_lib.Radius)
-        self.radius_tracker = keras.metrics.Mean(name="radius")
-        self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
+        _backend.seed_dropout(model)
+        if geometry is not None:
+            check_instance("geometry", geometry, geometry_lib.Geometry)
+        if radius is not None:
+            check_instance("radius", radius, radius_lib.Radius)
+        if (geometry is None) != (radius is None):
+            raise ValueError(
+                "`geometry` and `radius` go together: pass both for a "
+                "sharpness-aware step, or neither for a plain step on the "
+                f"penalized loss; received geometry={geometry!r}, radius={radius!r}."
+            )
+        if penalty is not None:
+            check_instance("penalty", penalty, penalty_lib.Penalty)
+        if ascent_noise is not None:
+            check_instance("ascent_noise", ascent_noise, trust_region.NoisedInputs)
+            if geometry is None:
+                raise ValueError("`ascent_noise` needs a `geometry` to shape.")
+        if geometry is None and penalty is None:
+            raise ValueError(
+                "Nothing to do: pass a `geometry` and `radius`, a `penalty`, or both."
+            )
+        self.geometry = geometry
+        self.radius = radius
+        self.penalty = penalty
+        self.ascent_noise = ascent_noise
+        self._active_noise = None
+        self._inputs_are_float = True
+        if any(c.uses_noise for c in self._stateful_components()) or ascent_noise:
+            self.noise_seed_generator = keras.random.SeedGenerator()
+        self._statistic_names = self._choose_statistics()
+        for name in self._statistic_names:
+            setattr(self, f"{name}_tracker", keras.metrics.Mean(name=name))
+        self._components_built = False
         if model.built:
-            self.built = True
+            self.build(None)
+
+    def _stateful_components(self):
+        return [c for c in (self.radius, self.penalty) if c is not None]
+
+    def _choose_statistics(self):
+        names = []
+        if self.geometry is not None:
+            names.append("radius")
+        trust_region_radius = isinstance(self.radius, radius_lib.TrustRegion)
+        if trust_region_radius:
+            names.append("divergence")
+        if self.penalty is not None:
+            names.append("penalty_divergence" if trust_region_radius else "divergence")
+            names.append("penalty")
+        return tuple(names + ["grad_norm"])
+
+    def build(self, input_shape):
+        if not self.model.built:
+            if input_shape is None:
+                raise ValueError(
+                    "The wrapped model is not built; build it (or give it an "
+                    "`Input`) before wrapping, or call the wrapper on data."
+                )
+            self.model.build(input_shape)
+        if not self._components_built:
+            for component in self._stateful_components():
+                component.build(self)
+            self._components_built = True
+        self.built = True
 
     def call(self, inputs, training=None):
+        noise = self._active_noise
+        if noise is not None and self._noise_layer(noise) is None:
+            inputs = keras.tree.map_structure(
+                lambda t: self._add_noise(t, noise.stddev) if _is_float(t) else t, inputs
+            )
         return self.model(inputs, training=training)
+
+    # ---------------------------------------------------------------- noise
+
+    def _add_noise(self, tensor, stddev):
+        z = keras.random.normal(
+            ops.shape(tensor), stddev=stddev, dtype=tensor.dtype,
+            seed=self.noise_seed_generator,
+        )
+        return tensor + z
+
+    def _noise_layer(self, noise):
+        """The layer whose output `noise` goes on, or None for float inputs."""
+        if isinstance(noise.noise_layer, keras.layers.Layer):
+            return noise.noise_layer
+        layers = list(self.model._flatten_layers())
+        if isinstance(noise.noise_layer, str):
+            for layer in layers:
+                if layer.name == noise.noise_layer:
+                    return layer
+            raise ValueError(
+                f"`noise_layer`={noise.noise_layer!r} is not a layer of the model; "
+                f"its layers are {[layer.name for layer in layers]}."
+            )
+        if self._inputs_are_float:
+            return None
+        for layer in layers:
+            embedding = getattr(layer, "token_embedding", None)
+            if isinstance(embedding, keras.layers.Layer):
+                return embedding
+        for layer in layers:
+            if isinstance(layer, keras.layers.Embedding):
+                return layer
+        raise ValueError(
+            "Input noise needs float inputs, or an embedding layer to add it to: "
+            "the model takes no float input and has no `token_embedding` or "
+            "`keras.layers.Embedding`. Name the layer with `noise_layer=`."
+        )
+
+    @contextlib.contextmanager
+    def _noised(self, noise):
+        """Within this context, training-mode calls see noised inputs."""
+        if noise is None:
+            yield
+            return
+        layer = self._noise_layer(noise)
+        object.__setattr__(self, "_active_noise", noise)
+        if layer is not None:
+            original = layer.call
+
+            def noisy_call(*args, **kwargs):
+                outputs = original(*args, **kwargs)
+                if kwargs.get("reverse"):  # a tied embedding projecting to logits
+                    return outputs
+                return self._add_noise(outputs, noise.stddev)
+
+            object.__setattr__(layer, "call", noisy_call)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_active_noise", None)
+            if layer is not None:
+                object.__delattr__(layer, "call")
 
     # ----------------------------------------------------------------- step
 
-    def _forward(self, weights, non_trainable, inputs):
-        y_pred, non_trainable, losses = self.stateless_call(
-            weights, non_trainable, inputs, training=True, return_losses=True
-        )
-        return y_pred, non_trainable, losses
+    @property
+    def _non_trainable_index(self):
+        return {id(v): i for i, v in enumerate(self.non_trainable_variables)}
 
-    def _loss(self, weights, non_trainable, metrics, x, y, sample_weight, loss_scale):
-        """Stateless loss at `weights`: `(scaled_loss, (loss, y_pred, non_trainable, metrics))`."""
-        y_pred, non_trainable, losses = self._forward(weights, non_trainable, x)
+    def _forward(self, weights, non_trainable, inputs, noise=None):
+        with self._noised(noise):
+            return self.stateless_call(
+                weights, non_trainable, inputs, training=True, return_losses=True
+            )
+
+    def _loss(self, weights, step, metrics, loss_scale, noise=None):
+        """Stateless loss at `weights`.
+
+        Returns `(scaled_objective, (loss, y_pred, non_trainable, metrics,
+        statistics))`: the loss-scaled objective to differentiate (the loss
+        plus any penalty), the loss `compute_loss` gives (regularization
+        included, penalty not), and the clean pass's updates.
+        """
+        y_pred, non_trainable, losses = self._forward(
+            weights, step.non_trainable, step.x, noise
+        )
         mapping = list(zip(self.trainable_variables, weights))
         mapping += zip(self.non_trainable_variables, non_trainable)
         mapping += zip(self.metrics_variables, metrics)
@@ -104,13 +268,27 @@ class SharpnessAware(keras.Model):
         try:
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 loss = self._compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                    x=step.x,
+                    y=step.y,
+                    y_pred=y_pred,
+                    sample_weight=step.sample_weight,
+                    training=True,
                 )
         finally:
             self._losses_override = []
         metrics = [scope.get_current_value(v) for v in self.metrics_variables]
-        scaled = loss * ops.cast(loss_scale, loss.dtype)
-        return scaled, (loss, y_pred, non_trainable, metrics)
+        objective, statistics = loss, {}
+        if self.penalty is not None:
+            d, penalty = self.penalty(step, weights, y_pred)
+            name = (
+                "penalty_divergence"
+                if "penalty_divergence" in self._statistic_names
+                else "divergence"
+            )
+            statistics = {name: d, "penalty": penalty}
+            objective = loss + ops.cast(penalty, loss.dtype)
+        scaled = objective * ops.cast(loss_scale, objective.dtype)
+        return scaled, (loss, y_pred, non_trainable, metrics, statistics)
 
     def _loss_scale(self, optimizer_variables=None):
         """The factor `optimizer.scale_loss` multiplies the loss by (float32)."""
@@ -128,57 +306,64 @@ class SharpnessAware(keras.Model):
     ):
         """The method, written once and stateless.
 
-        Returns `(descent_grads, finite, clean)`: the gradient to apply at
+        Returns `(descent_grads, finite, step)`: the gradient to apply at
         `weights` (still loss-scaled, as the optimizer expects), whether every
-        gradient and the radius are finite, and a `Step` describing the clean
-        pass (its loss, predictions, new non-trainable and metric values, and
-        the step statistics `radius` and `grad_norm`).
+        gradient, radius and divergence is finite, and the `Step`, which
+        carries the clean pass's loss, predictions, statistics, and the new
+        non-trainable (`step.new_non_trainable`) and metric
+        (`step.new_metrics`) values.
         """
-        grad_fn = _backend.value_and_grad(
-            lambda w: self._loss(
-                w, non_trainable, metrics, x, y, sample_weight, loss_scale
-            )
-        )
-        (_, (loss, y_pred, new_non_trainable, new_metrics)), scaled_grads = grad_fn(
-            weights
-        )
+        object.__setattr__(self, "_inputs_are_float", _has_float(x))
+        step = Step(self, x, y, sample_weight, weights, non_trainable)
+
+        def grad_fn(w, noise=None):
+            return _backend.value_and_grad(
+                lambda w: self._loss(w, step, metrics, loss_scale, noise)
+            )(w)
+
+        (_, aux), scaled_grads = grad_fn(weights, self.ascent_noise)
+        step.loss, y_pred, step.new_non_trainable, step.new_metrics, penalty_stats = aux
+        step.statistics.update(penalty_stats)
+        step.y_pred = keras.tree.map_structure(ops.stop_gradient, y_pred)
         grads = geometry_lib.as_float32(scaled_grads)
         if self._optimizer_scales_loss:
             grads = [g / loss_scale for g in grads]
-        grad_norm = geometry_lib.global_norm(grads)
+        step.grads = grads
+        step.grad_norm = step.statistics["grad_norm"] = geometry_lib.global_norm(grads)
 
-        def forward(w, inputs):
-            y_pred = self._forward(w, non_trainable, inputs)[0]
-            return keras.tree.map_structure(ops.stop_gradient, y_pred)
-
-        step = Step(
-            x=x,
-            y=y,
-            sample_weight=sample_weight,
-            y_pred=keras.tree.map_structure(ops.stop_gradient, y_pred),
-            weights=weights,
-            non_trainable=non_trainable,
-            grads=grads,
-            grad_norm=grad_norm,
-            forward=forward,
-        )
-        radius = ops.cast(self.radius(step), "float32")
-        epsilon = self.geometry.perturbation(grads, weights, radius, grad_norm)
-        perturbed = [w + ops.cast(e, w.dtype) for w, e in zip(weights, epsilon)]
-        _, descent_grads = grad_fn(perturbed)
+        if self.geometry is None:
+            descent_grads = scaled_grads
+        else:
+            radius = ops.cast(self.radius(step), "float32")
+            step.statistics["radius"] = radius
+            epsilon = self.geometry.perturbation(grads, weights, radius, step.grad_norm)
+            perturbed = [w + ops.cast(e, w.dtype) for w, e in zip(weights, epsilon)]
+            _, descent_grads = grad_fn(perturbed)
 
         # One norm per gradient is a cheaper finiteness check than one per
         # element; a norm that overflows float32 also counts as non-finite.
-        finite = ops.all(
-            ops.isfinite(
-                ops.stack([grad_norm, geometry_lib.global_norm(descent_grads), radius])
-            )
-        )
-        step.loss = loss
-        step.new_non_trainable = new_non_trainable
-        step.new_metrics = new_metrics
-        step.statistics = {"radius": radius, "grad_norm": grad_norm}
+        checks = [geometry_lib.global_norm(descent_grads)] + [
+            ops.cast(v, "float32") for v in step.statistics.values()
+        ]
+        finite = ops.all(ops.isfinite(ops.stack(checks)))
+        step.new_non_trainable = self._with_state_updates(step)
         return descent_grads, finite, step
+
+    def _with_state_updates(self, step):
+        """The clean pass's non-trainable values, with the components' updates."""
+        updates = {}
+        for component in self._stateful_components():
+            for variable, value in component.update(step):
+                updates[id(variable)] = value
+        if hasattr(self, "noise_seed_generator"):
+            state = self.noise_seed_generator.state
+            with keras.StatelessScope(state_mapping=[(state, step.value_of(state))]) as scope:
+                self.noise_seed_generator.next()
+            updates[id(state)] = scope.get_current_value(state)
+        return [
+            ops.cast(updates[id(v)], v.dtype) if id(v) in updates else value
+            for v, value in zip(self.non_trainable_variables, step.new_non_trainable)
+        ]
 
     def _update_metrics(self, step):
         """Updates the metrics from the clean pass and returns the logs."""
@@ -187,8 +372,8 @@ class SharpnessAware(keras.Model):
             unscale_loss_for_distribution(step.loss),
             sample_weight=ops.shape(first_input)[0],
         )
-        self.radius_tracker.update_state(step.statistics["radius"])
-        self.grad_norm_tracker.update_state(step.statistics["grad_norm"])
+        for name in self._statistic_names:
+            getattr(self, f"{name}_tracker").update_state(step.statistics[name])
         return self.compute_metrics(step.x, step.y, step.y_pred, step.sample_weight)
 
     @property
@@ -236,7 +421,7 @@ class SharpnessAware(keras.Model):
 
         def test_step(self, state, data):
             logs, state = super().test_step(state, data)
-            return _without_step_statistics(logs), state
+            return self._without_step_statistics(logs), state
 
     else:
 
@@ -253,18 +438,23 @@ class SharpnessAware(keras.Model):
                 self._loss_scale(),
             )
             with _backend.no_grad():
+                # State first: on torch the step's values are views of the
+                # weights, which the optimizer is about to change in place.
+                new_non_trainable = _select(finite, step.new_non_trainable, non_trainable)
+                _assign(self.non_trainable_variables, new_non_trainable)
+                _assign(self.metrics_variables, step.new_metrics)
                 apply = lambda: self.optimizer.apply(grads, self.trainable_variables)
                 if self._optimizer_skips_non_finite:
                     apply()
                 else:
                     ops.cond(finite, apply, lambda: None)
-                new_non_trainable = _select(finite, step.new_non_trainable, non_trainable)
-                _assign(self.non_trainable_variables, new_non_trainable)
-                _assign(self.metrics_variables, step.new_metrics)
                 return self._update_metrics(step)
 
         def test_step(self, data):
-            return _without_step_statistics(super().test_step(data))
+            return self._without_step_statistics(super().test_step(data))
+
+    def _without_step_statistics(self, logs):
+        return {k: v for k, v in logs.items() if k not in self._statistic_names}
 
     # ------------------------------------------------------------- saving
 
@@ -276,7 +466,7 @@ class SharpnessAware(keras.Model):
         """
         seeds = [
             generator.state
-            for layer in self.model._flatten_layers()
+            for layer in self._flatten_layers()
             for generator in getattr(layer, "_seed_generators", [])
         ]
         return self._trainable_variables + self._non_trainable_variables + seeds
@@ -304,16 +494,19 @@ class SharpnessAware(keras.Model):
         }
 
     def get_config(self):
+        serialize = keras.saving.serialize_keras_object
         return {
             **self._base_config(),
-            "geometry": keras.saving.serialize_keras_object(self.geometry),
-            "radius": keras.saving.serialize_keras_object(self.radius),
+            "geometry": serialize(self.geometry),
+            "radius": serialize(self.radius),
+            "penalty": serialize(self.penalty),
+            "ascent_noise": serialize(self.ascent_noise),
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        for key in ("model", "geometry", "radius"):
+        for key in ("model", "geometry", "radius", "penalty", "ascent_noise"):
             if key in config:
                 config[key] = keras.saving.deserialize_keras_object(
                     config[key], custom_objects=custom_objects
@@ -330,5 +523,9 @@ def _assign(variables, values):
         variable.assign(value)
 
 
-def _without_step_statistics(logs):
-    return {k: v for k, v in logs.items() if k not in _STEP_STATISTICS}
+def _is_float(tensor):
+    return tensor is not None and "float" in keras.backend.standardize_dtype(tensor.dtype)
+
+
+def _has_float(inputs):
+    return any(_is_float(t) for t in keras.tree.flatten(inputs))

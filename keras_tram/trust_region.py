@@ -1,0 +1,242 @@
+"""Trust-region distances: divergences between predictive distributions, and
+the references they are measured against.
+
+A reference supplies the predictions a step is compared with: the model's own
+predictions under other weights (previous step, start of training, a moving
+average) or on noised inputs. The divergence `d` between the reference and the
+current predictions is TRAM's radius (`keras_tram.radius.TrustRegion`) or a
+penalty added to the loss (`keras_tram.penalty.Penalty`: TRPO, R3F, MESA).
+
+    >>> import numpy as np
+    >>> from keras_tram import trust_region
+    >>> p = np.log(np.array([[0.5, 0.5]], "float32"))
+    >>> q = np.log(np.array([[0.9, 0.1]], "float32"))
+    >>> round(float(trust_region.divergence(p, q, "kl")), 4)  # KL(p || q)
+    0.5108
+"""
+
+import keras
+from keras import ops
+
+from keras_tram._validation import check_choice
+from keras_tram._validation import check_non_negative
+from keras_tram._validation import check_unit_interval
+
+DIVERGENCES = ("kl", "reverse_kl", "symmetric_kl")
+
+
+def _log_probabilities(outputs, from_logits):
+    outputs = ops.cast(outputs, "float32")
+    if from_logits:
+        return ops.log_softmax(outputs, axis=-1)
+    return ops.log(ops.clip(outputs, 1e-12, 1.0))
+
+
+def divergence(reference, current, kind="kl", sample_weight=None, from_logits=True):
+    """The mean divergence between two batches of predictions, in float32.
+
+    Args:
+        reference, current: logits (or probabilities, `from_logits=False`)
+            with the classes on the last axis: `(batch, classes)` or
+            `(batch, time, vocabulary)`.
+        kind: `"kl"` for `KL(reference ‖ current)`, `"reverse_kl"` for
+            `KL(current ‖ reference)`, `"symmetric_kl"` for their sum.
+        sample_weight: optional weights over the leading axes (`(batch,)` or
+            `(batch, time)`, e.g. a padding mask). With weights the result is
+            `Σ w·KL / Σ w`: positions of weight 0 do not count at all.
+
+    Returns:
+        The per-position divergence summed over classes, averaged over
+        examples (and positions), as a float32 scalar.
+    """
+    log_p = _log_probabilities(reference, from_logits)
+    log_q = _log_probabilities(current, from_logits)
+    if kind == "kl":
+        pointwise = ops.exp(log_p) * (log_p - log_q)
+    elif kind == "reverse_kl":
+        pointwise = ops.exp(log_q) * (log_q - log_p)
+    elif kind == "symmetric_kl":
+        pointwise = (ops.exp(log_p) - ops.exp(log_q)) * (log_p - log_q)
+    else:
+        check_choice("divergence", kind, DIVERGENCES)
+    per_position = ops.sum(pointwise, axis=-1)
+    if sample_weight is None:
+        return ops.mean(per_position)
+    weight = ops.cast(sample_weight, "float32")
+    while len(weight.shape) < len(per_position.shape):
+        weight = ops.expand_dims(weight, -1)
+    weight = ops.broadcast_to(weight, ops.shape(per_position))
+    total = ops.sum(weight)
+    return ops.where(
+        total > 0, ops.sum(weight * per_position) / ops.where(total > 0, total, 1.0), 0.0
+    )
+
+
+class Reference:
+    """Base class of references.
+
+    Subclasses implement `predictions(step, weights)`, the reference
+    predictions when the current weights are `weights`, and may keep state in
+    non-trainable variables of the wrapper (created in `build(wrapper)`)
+    updated at the end of each step from `update(step)`, which returns
+    `[(variable, new_value), ...]`.
+    """
+
+    def build(self, wrapper):
+        pass
+
+    def predictions(self, step, weights):
+        raise NotImplementedError
+
+    def update(self, step):
+        return []
+
+    @property
+    def uses_noise(self):
+        return False
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class _WeightReference(Reference):
+    """A reference that is the model itself under a stored copy of its weights.
+
+    The copy is one non-trainable variable per trainable weight, plus a flag
+    that says whether it has been filled; before the first step has filled it,
+    the reference weights are the current ones, so `d = 0`.
+    """
+
+    def build(self, wrapper):
+        self.copies = [
+            wrapper.add_weight(
+                shape=v.shape,
+                dtype=v.dtype,
+                initializer="zeros",
+                trainable=False,
+                name=f"{self.name}_{i}",
+            )
+            for i, v in enumerate(wrapper.trainable_variables)
+        ]
+        self.filled = wrapper.add_weight(
+            shape=(), dtype="float32", initializer="zeros", trainable=False,
+            name=f"{self.name}_filled",
+        )
+
+    def reference_weights(self, step):
+        filled = step.value_of(self.filled) > 0
+        return [
+            ops.where(filled, step.value_of(copy), w)
+            for copy, w in zip(self.copies, step.weights)
+        ]
+
+    def predictions(self, step, weights):
+        return step.forward(self.reference_weights(step))
+
+    def update(self, step):
+        updates = list(zip(self.copies, self.new_copies(step)))
+        return updates + [(self.filled, ops.ones((), "float32"))]
+
+    def new_copies(self, step):
+        raise NotImplementedError
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class PreviousWeights(_WeightReference):
+    """The weights of the previous step, `θ_{t-1}` (TRAM-θ_{t-1}, TRPO)."""
+
+    name = "previous_weights"
+
+    def new_copies(self, step):
+        return list(step.weights)
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class InitialWeights(_WeightReference):
+    """The weights at the first training step, `θ_0` (TRAM-θ_0).
+
+    For a pre-trained model these are the pre-trained weights. They are taken
+    at the first step `fit` runs, not when the wrapper is made, and kept in
+    checkpoints, so resumed training keeps the original `θ_0`.
+    """
+
+    name = "initial_weights"
+
+    def new_copies(self, step):
+        return self.reference_weights(step)
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class MovingAverageWeights(_WeightReference):
+    """An exponential moving average of the weights (MESA).
+
+    At step `t` the reference is the average of the weights of steps
+    `0 .. t-1` (the current weights at the first step), updated after each
+    step as `v ← decay · v + (1 - decay) · θ_t`. With `decay=0` it is the
+    previous step's weights.
+
+    Args:
+        decay: in [0, 1].
+    """
+
+    name = "moving_average_weights"
+
+    def __init__(self, decay=0.999):
+        self.decay = check_unit_interval("decay", decay)
+
+    def new_copies(self, step):
+        return [
+            self.decay * ops.cast(v, "float32") + (1.0 - self.decay) * ops.cast(w, "float32")
+            for v, w in zip(self.reference_weights(step), step.weights)
+        ]
+
+    def get_config(self):
+        return {"decay": self.decay}
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class NoisedInputs(Reference):
+    """The same weights on noised inputs, `x + z` with `z ~ N(0, σ²)` (TRAM-x, R3F).
+
+    Float inputs (images, features) are noised directly. For token-id inputs
+    the noise goes on the output of the token-embedding layer: `noise_layer`
+    names it (a layer name or the layer itself); left as `None`, the wrapper
+    looks for a `token_embedding` attribute (keras-hub backbones) and then for
+    the model's first `keras.layers.Embedding`. A fresh `z` is drawn each
+    step; the caller's inputs are never changed.
+
+    Args:
+        stddev: the noise standard deviation σ, >= 0.
+        noise_layer: where to add the noise for token-id models.
+    """
+
+    def __init__(self, stddev=0.1, noise_layer=None):
+        self.stddev = check_non_negative("noise_stddev", stddev)
+        if noise_layer is not None and not isinstance(noise_layer, (str, keras.layers.Layer)):
+            raise TypeError(
+                "`noise_layer` must be a layer name, a `keras.layers.Layer` or None; "
+                f"received {noise_layer!r}."
+            )
+        self.noise_layer = noise_layer
+
+    @property
+    def uses_noise(self):
+        return True
+
+    def predictions(self, step, weights):
+        return step.forward(weights, noise=self)
+
+    def get_config(self):
+        layer = self.noise_layer
+        return {
+            "stddev": self.stddev,
+            "noise_layer": layer.name if isinstance(layer, keras.layers.Layer) else layer,
+        }

@@ -11,7 +11,6 @@ from keras_tram import trust_region
 from keras_tram._validation import check_choice
 from keras_tram._validation import check_instance
 from keras_tram._validation import check_non_negative
-from keras_tram.radius import select_logits
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
@@ -52,13 +51,9 @@ class Penalty:
 
     def __call__(self, step, weights, y_pred):
         """Returns `(d, weight · d)` for predictions `y_pred` at `weights`."""
-        reference = self.reference.predictions(step, weights)
-        d = trust_region.divergence(
-            select_logits(reference, self.output_key),
-            select_logits(y_pred, self.output_key),
-            self.divergence,
-            step.sample_weight,
-            self.from_logits,
+        d = trust_region.measure(
+            self.reference, step, weights, y_pred, self.divergence,
+            self.from_logits, self.output_key,
         )
         return d, self.weight * d
 

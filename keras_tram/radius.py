@@ -93,13 +93,9 @@ class TrustRegion(Radius):
 
     def distance(self, step):
         """`d` for this step, without gradient."""
-        reference = self.reference.predictions(step, step.weights)
-        d = trust_region.divergence(
-            select_logits(reference, self.output_key),
-            select_logits(step.y_pred, self.output_key),
-            self.divergence,
-            step.sample_weight,
-            self.from_logits,
+        d = trust_region.measure(
+            self.reference, step, step.weights, step.y_pred, self.divergence,
+            self.from_logits, self.output_key,
         )
         return ops.stop_gradient(d)
 
@@ -137,20 +133,3 @@ class TrustRegion(Radius):
         config["reference"] = keras.saving.deserialize_keras_object(config["reference"])
         return cls(**config)
 
-
-def select_logits(outputs, key="logits"):
-    """The logits among a model's outputs: the `key` entry of a dict output."""
-    if isinstance(outputs, dict):
-        if key not in outputs:
-            raise ValueError(
-                f"The model returns a dict with keys {sorted(outputs)}; the "
-                f"trust-region divergence needs its logits under `output_key`="
-                f"{key!r}. Pass the right `output_key`."
-            )
-        return outputs[key]
-    if isinstance(outputs, (list, tuple)):
-        raise ValueError(
-            "The model returns several outputs; the trust-region divergence needs "
-            "a single logits tensor, or a dict output with an `output_key` entry."
-        )
-    return outputs

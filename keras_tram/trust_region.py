@@ -72,6 +72,38 @@ def divergence(reference, current, kind="kl", sample_weight=None, from_logits=Tr
     )
 
 
+def measure(reference, step, weights, current, kind, from_logits, output_key):
+    """`d(reference ‖ current)` on the step's batch, for predictions `current`
+    at `weights`; exactly 0 where the reference is the current model."""
+    d = divergence(
+        select_logits(reference.predictions(step, weights), output_key),
+        select_logits(current, output_key),
+        kind,
+        step.sample_weight,
+        from_logits,
+    )
+    is_current = reference.is_current(step, weights)
+    return d if is_current is None else ops.where(is_current, 0.0, d)
+
+
+def select_logits(outputs, key="logits"):
+    """The logits among a model's outputs: the `key` entry of a dict output."""
+    if isinstance(outputs, dict):
+        if key not in outputs:
+            raise ValueError(
+                f"The model returns a dict with keys {sorted(outputs)}; the "
+                f"trust-region divergence needs its logits under `output_key`="
+                f"{key!r}. Pass the right `output_key`."
+            )
+        return outputs[key]
+    if isinstance(outputs, (list, tuple)):
+        raise ValueError(
+            "The model returns several outputs; the trust-region divergence needs "
+            "a single logits tensor, or a dict output with an `output_key` entry."
+        )
+    return outputs
+
+
 class Reference:
     """Base class of references.
 
@@ -90,6 +122,12 @@ class Reference:
 
     def update(self, step):
         return []
+
+    def is_current(self, step, weights):
+        """A boolean tensor, true when the reference is the model at `weights`
+        itself (so `d` is exactly 0, whatever the rounding of two separately
+        compiled forward passes), or None if it never is."""
+        return None
 
     @property
     def uses_noise(self):
@@ -130,6 +168,12 @@ class _WeightReference(Reference):
             shape=(), dtype="float32", initializer="zeros", trainable=False,
             name=f"{self.name}_filled",
         )
+
+    def is_current(self, step, weights):
+        same = [
+            ops.all(ops.equal(r, w)) for r, w in zip(self.reference_weights(step), weights)
+        ]
+        return ops.all(ops.stack(same))
 
     def reference_weights(self, step):
         filled = step.value_of(self.filled) > 0
@@ -193,8 +237,9 @@ class MovingAverageWeights(_WeightReference):
         self.decay = check_unit_interval("decay", decay)
 
     def new_copies(self, step):
+        # v + (1 - decay)(θ - v) leaves v exactly as it is when θ == v.
         return [
-            self.decay * ops.cast(v, "float32") + (1.0 - self.decay) * ops.cast(w, "float32")
+            v + ops.cast(1.0 - self.decay, v.dtype) * (w - v)
             for v, w in zip(self.reference_weights(step), step.weights)
         ]
 

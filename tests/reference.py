@@ -67,3 +67,82 @@ def train_sgd(weights, batches, epsilon_fn, learning_rates, l2=0.0, dropout=None
         _, descent = mlp_loss_and_grads(perturbed, x, y, sample_weight, l2, dropout)
         weights = [w - lr * g for w, g in zip(weights, descent)]
     return weights, grad_norms
+
+
+# ---------------------------------------------------------------- trust region
+
+
+def mlp_logits(weights, x):
+    w1, b1, w2, b2 = weights
+    return np.tanh(x @ w1 + b1) @ w2 + b2
+
+
+def log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def kl(reference_logits, current_logits, sample_weight=None):
+    """Mean over examples (weighted: Σ w KL / Σ w) of KL(reference ‖ current)."""
+    log_p, log_q = log_softmax(reference_logits), log_softmax(current_logits)
+    per_example = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    if sample_weight is None:
+        return per_example.mean()
+    return (sample_weight * per_example).sum() / sample_weight.sum()
+
+
+def kl_grads(weights, x, reference_logits):
+    """Gradient of `kl(reference_logits, mlp_logits(weights, x))` in `weights`."""
+    w1, b1, w2, b2 = weights
+    h = np.tanh(x @ w1 + b1)
+    q = np.exp(log_softmax(h @ w2 + b2))
+    dz = (q - np.exp(log_softmax(reference_logits))) / x.shape[0]
+    da = (dz @ w2.T) * (1 - h**2)
+    return [x.T @ da, da.sum(axis=0), h.T @ dz, dz.sum(axis=0)]
+
+
+def fsam_epsilon(grads, weights, rho, eta):
+    inverse = [1.0 / (1.0 + eta * g**2) for g in grads]
+    norm = np.sqrt(sum((d * g * g).sum() for d, g in zip(inverse, grads)))
+    return [rho * d * g / norm for d, g in zip(inverse, grads)]
+
+
+def train_tram(weights, x, y, steps, learning_rate, variant, scale=1.0, max_radius=None):
+    """Full-batch TRAM-θ_{t-1} / TRAM-θ_0 with SGD; returns weights and d per step."""
+    weights = [np.array(w, dtype=np.float64) for w in weights]
+    initial = [w.copy() for w in weights]
+    reference = initial
+    divergences = []
+    for _ in range(steps):
+        _, grads = mlp_loss_and_grads(weights, x, y)
+        d = kl(mlp_logits(reference, x), mlp_logits(weights, x))
+        divergences.append(d)
+        radius = scale * d if max_radius is None else min(scale * d, max_radius)
+        eps = asam_epsilon(grads, weights, radius, 0.0)
+        _, descent = mlp_loss_and_grads([w + e for w, e in zip(weights, eps)], x, y)
+        previous = weights
+        weights = [w - learning_rate * g for w, g in zip(weights, descent)]
+        reference = previous if variant == "previous_step" else initial
+    return weights, divergences
+
+
+def train_penalty(weights, x, y, steps, learning_rate, weight, decay):
+    """Full-batch SGD on `L + weight · KL(reference ‖ current)`.
+
+    The reference is an EMA of past weights, `v ← decay·v + (1-decay)·θ_t`
+    (the weights themselves at the first step); `decay=0` is TRPO's previous
+    step. Returns weights and d per step.
+    """
+    weights = [np.array(w, dtype=np.float64) for w in weights]
+    average = [w.copy() for w in weights]
+    divergences = []
+    for _ in range(steps):
+        reference_logits = mlp_logits(average, x)
+        divergences.append(kl(reference_logits, mlp_logits(weights, x)))
+        _, grads = mlp_loss_and_grads(weights, x, y)
+        penalty = kl_grads(weights, x, reference_logits)
+        average = [decay * v + (1 - decay) * w for v, w in zip(average, weights)]
+        weights = [
+            w - learning_rate * (g + weight * p) for w, g, p in zip(weights, grads, penalty)
+        ]
+    return weights, divergences

@@ -1,0 +1,388 @@
+"""TRAM, FSAM and the trust-region baselines against NumPy closed forms."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import cross_entropy
+from conftest import make_data
+from conftest import make_mlp
+
+import keras_tram
+import reference
+
+STEPS = 4
+
+
+def _fit_full_batch(wrapped, x, y, steps=STEPS, learning_rate=1.0, sample_weight=None):
+    wrapped.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=cross_entropy())
+    return wrapped.fit(
+        x, y, sample_weight=sample_weight, batch_size=len(x), epochs=steps,
+        shuffle=False, verbose=0,
+    ).history
+
+
+def _assert_weights(model, expected, atol=1e-5):
+    for actual, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(actual, want, atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["previous_step", "pretrained"])
+@pytest.mark.parametrize("scale, max_radius", [(1.0, None), (30.0, None), (30.0, 0.01)])
+def test_tram_weight_references_match_closed_form(variant, scale, max_radius):
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    history = _fit_full_batch(
+        keras_tram.TRAM(model, variant=variant, radius_scale=scale, max_radius=max_radius),
+        x, y,
+    )
+    expected, divergences = reference.train_tram(
+        initial, x, y, STEPS, 1.0, variant, scale, max_radius
+    )
+    assert divergences[0] == 0 and min(divergences[1:]) > 1e-4
+    np.testing.assert_allclose(history["divergence"], divergences, rtol=2e-3, atol=1e-7)
+    radii = np.minimum(scale * np.array(divergences), max_radius or np.inf)
+    np.testing.assert_allclose(history["radius"], radii, rtol=2e-3, atol=1e-7)
+    _assert_weights(model, expected)
+
+
+def test_fsam_matches_closed_form():
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    _fit_full_batch(keras_tram.FSAM(model, rho=0.3, eta=2.0), x, y, learning_rate=0.2)
+    batches = [(x, y, None)] * STEPS
+    expected, _ = reference.train_sgd(
+        initial, batches, lambda g, w: reference.fsam_epsilon(g, w, 0.3, 2.0), 0.2
+    )
+    _assert_weights(model, expected)
+
+
+@pytest.mark.parametrize("method", ["trpo", "mesa"])
+def test_penalties_match_closed_form(method):
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    if method == "trpo":
+        wrapped, decay = keras_tram.TRPO(model, weight=2.0), 0.0
+    else:
+        wrapped, decay = keras_tram.MESA(model, decay=0.5, weight=2.0), 0.5
+    history = _fit_full_batch(wrapped, x, y)
+    expected, divergences = reference.train_penalty(initial, x, y, STEPS, 1.0, 2.0, decay)
+    assert divergences[0] == 0 and min(divergences[1:]) > 1e-4
+    np.testing.assert_allclose(history["divergence"], divergences, rtol=2e-3, atol=1e-7)
+    np.testing.assert_allclose(
+        history["penalty"], 2.0 * np.array(divergences), rtol=2e-3, atol=1e-7
+    )
+    _assert_weights(model, expected)
+
+
+def test_input_noise_update_matches_closed_form_given_the_radius():
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    history = _fit_full_batch(
+        keras_tram.TRAM(model, variant="input_noise", noise_stddev=0.3), x, y, steps=1
+    )
+    radius = history["radius"][0]
+    assert radius > 0
+    expected, _ = reference.train_sgd(
+        initial, [(x, y, None)], lambda g, w: reference.asam_epsilon(g, w, radius, 0.0), 1.0
+    )
+    _assert_weights(model, expected)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda m, s: keras_tram.TRAM(m, variant="input_noise", noise_stddev=s),
+        lambda m, s: keras_tram.R3F(m, noise_stddev=s),
+    ],
+    ids=["tram_input_noise", "r3f"],
+)
+def test_noise_divergence_is_positive_and_grows_with_stddev(build):
+    x, y, _ = make_data()
+    divergences = []
+    for stddev in (0.0, 0.03, 0.3, 3.0):
+        keras.utils.set_random_seed(0)
+        history = _fit_full_batch(build(make_mlp()[0], stddev), x, y, steps=1)
+        divergences.append(history["divergence"][0])
+    assert divergences[0] == 0
+    assert 0 < divergences[1] < divergences[2] < divergences[3]
+
+
+def test_noise_is_fresh_each_step_and_reproducible():
+    x, y, _ = make_data()
+    runs = []
+    for _ in range(2):
+        keras.utils.set_random_seed(3)
+        model = make_mlp()[0]
+        history = _fit_full_batch(
+            keras_tram.TRAM(model, variant="input_noise", noise_stddev=0.3), x, y,
+            learning_rate=0.0,
+        )
+        runs.append(history["divergence"])
+    # Same weights every step (lr 0), so only the noise changes d.
+    assert len(set(runs[0])) == STEPS
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_r3f_with_zero_weight_is_plain_sgd():
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    _fit_full_batch(keras_tram.R3F(model, noise_stddev=0.5, weight=0.0), x, y)
+    expected = [np.array(w, np.float64) for w in initial]
+    for _ in range(STEPS):
+        _, grads = reference.mlp_loss_and_grads(expected, x, y)
+        expected = [w - g for w, g in zip(expected, grads)]
+    _assert_weights(model, expected)
+
+
+def test_tram_fisher_without_noise_is_fsam():
+    x, y, _ = make_data()
+    fisher_model, _ = make_mlp()
+    _fit_full_batch(
+        keras_tram.TRAM(fisher_model, variant="fisher", noise_stddev=0.0, rho=0.3, eta=2.0),
+        x, y, learning_rate=0.2,
+    )
+    fsam_model, _ = make_mlp()
+    _fit_full_batch(keras_tram.FSAM(fsam_model, rho=0.3, eta=2.0), x, y, learning_rate=0.2)
+    _assert_weights(fisher_model, fsam_model.get_weights(), atol=1e-6)
+    noised_model, _ = make_mlp()
+    _fit_full_batch(
+        keras_tram.TRAM(noised_model, variant="fisher", noise_stddev=0.5, rho=0.3, eta=2.0),
+        x, y, learning_rate=0.2,
+    )
+    assert not np.allclose(noised_model.get_weights()[0], fsam_model.get_weights()[0])
+
+
+def _dropout_batchnorm_model():
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dropout(0.5),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda m: keras_tram.TRAM(m, variant="previous_step"),
+        lambda m: keras_tram.TRAM(m, variant="pretrained"),
+        lambda m: keras_tram.TRPO(m),
+        lambda m: keras_tram.MESA(m, decay=0.9),
+    ],
+    ids=["tram_previous_step", "tram_pretrained", "trpo", "mesa"],
+)
+def test_divergence_is_zero_for_identical_weights_with_dropout_and_batchnorm(build):
+    x, y, _ = make_data()
+    # With a zero learning rate the weights never move: every reference equals
+    # the current weights, and only different masks or modes could make d > 0.
+    history = _fit_full_batch(build(_dropout_batchnorm_model()), x, y, learning_rate=0.0)
+    assert history["divergence"] == [0.0] * STEPS
+
+
+class _SameWeights(keras_tram.trust_region.Reference):
+    """The current weights through a separate forward pass, with no shortcut."""
+
+    def predictions(self, step, weights):
+        return step.forward(weights)
+
+
+@pytest.mark.parametrize("learning_rate", [0.0, 0.5])
+def test_reference_pass_sees_the_clean_pass_masks_and_batchnorm_mode(learning_rate):
+    x, y, _ = make_data()
+    wrapped = keras_tram.SharpnessAware(
+        _dropout_batchnorm_model(),
+        keras_tram.geometry.Euclidean(),
+        keras_tram.radius.TrustRegion(_SameWeights()),
+    )
+    history = _fit_full_batch(wrapped, x, y, learning_rate=learning_rate)
+    # Other dropout masks, or BatchNorm in inference mode, give d of order 0.1;
+    # what is left is the rounding of two separately compiled passes.
+    assert max(history["divergence"]) < 1e-6
+
+
+def _sequence_model():
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.Dense(4)])
+    model.set_weights([rng.normal(size=(3, 4)).astype("float32"), np.zeros(4, "float32")])
+    return model
+
+
+def test_padded_positions_change_neither_d_nor_the_update():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 5, 3)).astype("float32")
+    y = rng.integers(0, 4, size=(6, 5))
+    mask = (np.arange(5)[None, :] < rng.integers(2, 6, size=(6, 1))).astype("float32")
+    x_other = np.where(mask[..., None] > 0, x, 10 * rng.normal(size=x.shape)).astype("float32")
+    results = []
+    for inputs in (x, x_other):
+        model = _sequence_model()
+        history = _fit_full_batch(
+            keras_tram.TRAM(model, variant="pretrained"), inputs, y, sample_weight=mask
+        )
+        results.append((history["divergence"], model.get_weights()))
+    assert results[0][0][1] > 0
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-9)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["kl", "reverse_kl", "symmetric_kl"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_divergence_closed_form(kind, weighted):
+    rng = np.random.default_rng(2)
+    p, q = rng.normal(size=(2, 3, 5, 7))
+    w = (rng.uniform(size=(3, 5)) > 0.3).astype("float32") if weighted else None
+    forward = lambda a, b: reference.kl(a.reshape(-1, 7), b.reshape(-1, 7),
+                                        None if w is None else w.reshape(-1))
+    expected = {
+        "kl": forward(p, q), "reverse_kl": forward(q, p),
+        "symmetric_kl": forward(p, q) + forward(q, p),
+    }[kind]
+    actual = keras_tram.trust_region.divergence(
+        p.astype("float32"), q.astype("float32"), kind, w
+    )
+    np.testing.assert_allclose(float(actual), expected, rtol=1e-5)
+    probabilities = keras_tram.trust_region.divergence(
+        keras.ops.softmax(p.astype("float32")), keras.ops.softmax(q.astype("float32")),
+        kind, w, from_logits=False,
+    )
+    np.testing.assert_allclose(float(probabilities), expected, rtol=1e-4)
+
+
+def test_dict_outputs_use_the_logits_entry():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(5, activation="tanh")(inputs)
+    logits = keras.layers.Dense(3)(hidden)
+    model = keras.Model(inputs, {"logits": logits, "features": hidden})
+    wrapped = keras_tram.TRAM(model, variant="pretrained")
+    wrapped.compile(
+        optimizer=keras.optimizers.SGD(1.0),
+        loss={"logits": cross_entropy(), "features": None},
+    )
+    x, y, _ = make_data()
+    history = wrapped.fit(x, {"logits": y}, batch_size=16, epochs=3, verbose=0)
+    assert history.history["divergence"][0] == 0 < history.history["divergence"][2]
+
+
+def test_token_ids_get_noise_on_the_embedding():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 20, size=(8, 6))
+    y = rng.integers(0, 2, size=8)
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras.layers.Embedding(20, 4, name="tokens"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(2),
+        ]
+    )
+    for noise_layer in (None, "tokens"):
+        wrapped = keras_tram.TRAM(
+            model, variant="input_noise", noise_stddev=0.5, noise_layer=noise_layer
+        )
+        wrapped.compile(optimizer=keras.optimizers.SGD(0.1), loss=cross_entropy())
+        history = wrapped.fit(tokens, y, batch_size=8, epochs=1, verbose=0)
+        assert history.history["divergence"][0] > 0
+    with pytest.raises(ValueError, match="noise_layer"):
+        wrapped = keras_tram.R3F(model, noise_layer="missing")
+        wrapped.compile(optimizer="sgd", loss=cross_entropy())
+        wrapped.fit(tokens, y, verbose=0)
+
+
+def test_asam_with_a_penalty_composes_without_new_code():
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    wrapped = keras_tram.SharpnessAware(
+        model,
+        geometry=keras_tram.geometry.Adaptive(0.0),
+        radius=keras_tram.radius.Constant(0.5),
+        penalty=keras_tram.penalty.Penalty(keras_tram.trust_region.PreviousWeights(), 2.0),
+    )
+    history = _fit_full_batch(wrapped, x, y, steps=2, learning_rate=0.5)
+    assert sorted(history) == ["divergence", "grad_norm", "loss", "penalty", "radius"]
+    # Closed form: ASAM on L + 2·KL(θ_{t-1} ‖ θ), full batch.
+    weights = [np.array(w, np.float64) for w in initial]
+    previous = weights
+    for _ in range(2):
+        ref = reference.mlp_logits(previous, x)
+
+        def grads_at(w):
+            task = reference.mlp_loss_and_grads(w, x, y)[1]
+            return [g + 2.0 * p for g, p in zip(task, reference.kl_grads(w, x, ref))]
+
+        g = grads_at(weights)
+        eps = reference.asam_epsilon(g, weights, 0.5, 0.0)
+        descent = grads_at([w + e for w, e in zip(weights, eps)])
+        previous, weights = weights, [w - 0.5 * d for w, d in zip(weights, descent)]
+    _assert_weights(model, weights)
+
+
+ALL_METHODS = {
+    "tram_previous_step": lambda m: keras_tram.TRAM(m, variant="previous_step"),
+    "tram_pretrained": lambda m: keras_tram.TRAM(m, variant="pretrained", radius_scale=50.0),
+    "tram_input_noise": lambda m: keras_tram.TRAM(m, variant="input_noise", noise_stddev=0.2),
+    "tram_fisher": lambda m: keras_tram.TRAM(m, variant="fisher", noise_stddev=0.2),
+    "fsam": lambda m: keras_tram.FSAM(m),
+    "trpo": lambda m: keras_tram.TRPO(m, weight=0.5),
+    "r3f": lambda m: keras_tram.R3F(m, divergence="symmetric_kl"),
+    "mesa": lambda m: keras_tram.MESA(m, decay=0.9, weight=0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_METHODS))
+def test_keras_file_round_trip_and_resumed_training(name, tmp_path):
+    x, y, _ = make_data()
+    model, _ = make_mlp(dropout=0.2)
+    wrapped = ALL_METHODS[name](model)
+    wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+    wrapped.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    path = str(tmp_path / "wrapped.keras")
+    wrapped.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(wrapped)
+    assert json.dumps(loaded.get_config()) == json.dumps(wrapped.get_config())
+    for a, b in zip(loaded.non_trainable_variables, wrapped.non_trainable_variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    histories = [
+        m.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+        for m in (wrapped, loaded)
+    ]
+    assert histories[0] == histories[1]
+    for a, b in zip(loaded.model.get_weights(), wrapped.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+BAD_ARGUMENTS = [
+    (lambda m: keras_tram.TRAM(m, variant="theta"), ValueError, "variant"),
+    (lambda m: keras_tram.TRAM(m, variant="input_noise", noise_stddev=-0.1), ValueError, "noise_stddev"),
+    (lambda m: keras_tram.TRAM(m, variant="previous_step", noise_stddev=0.1), ValueError, "noise_stddev"),
+    (lambda m: keras_tram.TRAM(m, variant="pretrained", rho=0.1), ValueError, "rho"),
+    (lambda m: keras_tram.TRAM(m, divergence="mmd"), ValueError, "divergence"),
+    (lambda m: keras_tram.TRAM(m, radius_scale=-1.0), ValueError, "radius_scale"),
+    (lambda m: keras_tram.TRAM(m, max_radius=float("nan")), ValueError, "max_radius"),
+    (lambda m: keras_tram.TRAM(m, variant="fisher", eta=-1.0), ValueError, "eta"),
+    (lambda m: keras_tram.FSAM(m, eta=float("inf")), ValueError, "eta"),
+    (lambda m: keras_tram.FSAM(m, rho=-0.1), ValueError, "rho"),
+    (lambda m: keras_tram.TRPO(m, weight=-0.1), ValueError, "weight"),
+    (lambda m: keras_tram.R3F(m, noise_stddev=float("nan")), ValueError, "noise_stddev"),
+    (lambda m: keras_tram.R3F(m, noise_layer=3), TypeError, "noise_layer"),
+    (lambda m: keras_tram.MESA(m, decay=1.5), ValueError, "decay"),
+    (lambda m: keras_tram.MESA(m, decay=-0.1), ValueError, "decay"),
+    (lambda m: keras_tram.MESA(m, divergence="l2"), ValueError, "divergence"),
+    (lambda m: keras_tram.TRAM("model"), TypeError, "model"),
+    (lambda m: keras_tram.SharpnessAware(m, geometry=keras_tram.geometry.Euclidean()), ValueError, "radius"),
+    (lambda m: keras_tram.SharpnessAware(m), ValueError, "penalty"),
+    (lambda m: keras_tram.radius.TrustRegion("previous"), TypeError, "reference"),
+]
+
+
+@pytest.mark.parametrize("index", range(len(BAD_ARGUMENTS)))
+def test_bad_arguments_raise_clear_errors(index):
+    build, error, argument = BAD_ARGUMENTS[index]
+    with pytest.raises(error, match=f"`{argument}`"):
+        build(make_mlp()[0])

@@ -16,7 +16,27 @@ import subprocess
 import sys
 import time
 
-METHODS = ["plain", "sam", "asam"]
+# name -> (keras_tram class, its arguments); "plain" is the bare model.
+METHODS = {
+    "plain": (None, {}),
+    "sam": ("SAM", {"rho": 0.05}),
+    "asam": ("ASAM", {"rho": 0.5}),
+    "fsam": ("FSAM", {}),
+    "tram-previous_step": ("TRAM", {"variant": "previous_step"}),
+    "tram-pretrained": ("TRAM", {"variant": "pretrained"}),
+    "tram-input_noise": ("TRAM", {"variant": "input_noise"}),
+    "tram-fisher": ("TRAM", {"variant": "fisher"}),
+    "trpo": ("TRPO", {}),
+    "r3f": ("R3F", {}),
+    "mesa": ("MESA", {}),
+}
+
+
+def _wrap(method, model):
+    import keras_tram  # in the worker, after KERAS_BACKEND is set
+
+    name, arguments = METHODS[method]
+    return model if name is None else getattr(keras_tram, name)(model, **arguments)
 
 
 def _model(keras):
@@ -25,17 +45,7 @@ def _model(keras):
     return keras.Sequential(layers + [keras.layers.Dense(10)])
 
 
-def _wrap(method, model):
-    import keras_tram
-
-    return {
-        "plain": lambda m: m,
-        "sam": lambda m: keras_tram.SAM(m, rho=0.05),
-        "asam": lambda m: keras_tram.ASAM(m, rho=0.5),
-    }[method](model)
-
-
-def measure(steps, jit_compile, repeats):
+def measure(methods, steps, jit_compile, repeats):
     import keras
     import numpy as np
 
@@ -44,7 +54,7 @@ def measure(steps, jit_compile, repeats):
     x = rng.normal(size=(batch * steps, 256)).astype("float32")
     y = rng.integers(0, 10, size=batch * steps)
     trainers = {}
-    for method in METHODS:
+    for method in methods:
         keras.utils.set_random_seed(0)
         trainer = _wrap(method, _model(keras))
         trainer.compile(
@@ -57,7 +67,7 @@ def measure(steps, jit_compile, repeats):
         trainers[method] = trainer
     # Methods take turns, and each keeps its fastest epoch, so that a burst of
     # load on the machine does not land on one method only.
-    times = {method: float("inf") for method in METHODS}
+    times = {method: float("inf") for method in methods}
     for _ in range(repeats):
         for method, trainer in trainers.items():
             start = time.perf_counter()
@@ -69,33 +79,42 @@ def measure(steps, jit_compile, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--jit-compile", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    methods = ["plain", "sam"] + [
+        m for m in args.methods.split(",") if m not in ("plain", "sam")
+    ]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
 
     if args.worker:
-        print("RESULT " + json.dumps(measure(args.steps, jit, args.repeats)))
+        jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+        print("RESULT " + json.dumps(measure(methods, args.steps, jit, args.repeats)))
         return
 
-    print(f"{'backend':<11}" + "".join(f"{m + ' ms':>11}" for m in METHODS)
-          + "".join(f"{m + '/plain':>12}" for m in METHODS[1:]))
     for backend in args.backends.split(","):
         completed = subprocess.run(
-            [sys.executable, __file__, "--worker", "--steps", str(args.steps),
-             "--repeats", str(args.repeats), "--jit-compile", args.jit_compile],
+            [sys.executable, __file__, "--worker", "--methods", ",".join(methods),
+             "--steps", str(args.steps), "--repeats", str(args.repeats),
+             "--jit-compile", args.jit_compile],
             env=dict(os.environ, KERAS_BACKEND=backend),
             capture_output=True, text=True,
         )
         lines = [l for l in completed.stdout.splitlines() if l.startswith("RESULT ")]
         if completed.returncode or not lines:
-            print(f"{backend:<11} failed:\n{completed.stderr[-2000:]}")
+            print(f"{backend}: failed\n{completed.stderr[-2000:]}")
             continue
         times = json.loads(lines[0][len("RESULT "):])
-        print(f"{backend:<11}" + "".join(f"{times[m] * 1e3:>11.2f}" for m in METHODS)
-              + "".join(f"{times[m] / times['plain']:>12.2f}" for m in METHODS[1:]))
+        print(f"\n{backend} (jit_compile={args.jit_compile})")
+        print(f"{'method':<20}{'ms/step':>9}{'x plain':>9}{'x SAM':>8}")
+        for method, seconds in times.items():
+            print(f"{method:<20}{seconds * 1e3:>9.2f}{seconds / times['plain']:>9.2f}"
+                  f"{seconds / times['sam']:>8.2f}")
 
 
 if __name__ == "__main__":

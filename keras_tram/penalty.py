@@ -42,6 +42,9 @@ class Penalty:
     def build(self, wrapper):
         self.reference.build(wrapper)
 
+    def fill(self, trainable_variables):
+        self.reference.fill(trainable_variables)
+
     def update(self, step):
         return self.reference.update(step)
 

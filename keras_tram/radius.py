@@ -27,6 +27,9 @@ class Radius:
     def build(self, wrapper):
         """Creates any state the radius keeps, as variables of `wrapper`."""
 
+    def fill(self, trainable_variables):
+        """Called when training starts, before any step."""
+
     def update(self, step):
         """End-of-step state updates, `[(variable, new_value), ...]`."""
         return []
@@ -101,6 +104,9 @@ class TrustRegion(Radius):
 
     def build(self, wrapper):
         self.reference.build(wrapper)
+
+    def fill(self, trainable_variables):
+        self.reference.fill(trainable_variables)
 
     def update(self, step):
         return self.reference.update(step)

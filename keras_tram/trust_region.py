@@ -120,6 +120,9 @@ class Reference:
     def predictions(self, step, weights):
         raise NotImplementedError
 
+    def fill(self, trainable_variables):
+        """Called when training starts, before any step."""
+
     def update(self, step):
         return []
 
@@ -149,8 +152,10 @@ class _WeightReference(Reference):
     """A reference that is the model itself under a stored copy of its weights.
 
     The copy is one non-trainable variable per trainable weight, plus a flag
-    that says whether it has been filled; before the first step has filled it,
-    the reference weights are the current ones, so `d = 0`.
+    saying it holds weights. The wrapper fills it with the current weights
+    when training starts (`fill`), unless it already holds some, e.g. from a
+    checkpoint, so the first step has `d = 0` and the step itself never
+    branches on it.
     """
 
     def build(self, wrapper):
@@ -169,25 +174,27 @@ class _WeightReference(Reference):
             name=f"{self.name}_filled",
         )
 
+    def fill(self, trainable_variables):
+        if float(ops.convert_to_numpy(self.filled)) > 0:
+            return
+        for copy, variable in zip(self.copies, trainable_variables):
+            copy.assign(ops.copy(variable.value))  # a buffer of its own (JAX donates)
+        self.filled.assign(1.0)
+
+    def reference_weights(self, step):
+        return [step.value_of(copy) for copy in self.copies]
+
     def is_current(self, step, weights):
         same = [
             ops.all(ops.equal(r, w)) for r, w in zip(self.reference_weights(step), weights)
         ]
         return ops.all(ops.stack(same))
 
-    def reference_weights(self, step):
-        filled = step.value_of(self.filled) > 0
-        return [
-            ops.where(filled, step.value_of(copy), w)
-            for copy, w in zip(self.copies, step.weights)
-        ]
-
     def predictions(self, step, weights):
         return step.forward(self.reference_weights(step))
 
     def update(self, step):
-        updates = list(zip(self.copies, self.new_copies(step)))
-        return updates + [(self.filled, ops.ones((), "float32"))]
+        return list(zip(self.copies, self.new_copies(step)))
 
     def new_copies(self, step):
         raise NotImplementedError
@@ -205,17 +212,18 @@ class PreviousWeights(_WeightReference):
 
 @keras.saving.register_keras_serializable(package="keras_tram")
 class InitialWeights(_WeightReference):
-    """The weights at the first training step, `θ_0` (TRAM-θ_0).
+    """The weights when training first starts, `θ_0` (TRAM-θ_0).
 
     For a pre-trained model these are the pre-trained weights. They are taken
-    at the first step `fit` runs, not when the wrapper is made, and kept in
-    checkpoints, so resumed training keeps the original `θ_0`.
+    when `fit` (or `train_on_batch`) first runs, not when the wrapper is
+    made, and kept in checkpoints, so resumed training keeps the original
+    `θ_0`.
     """
 
     name = "initial_weights"
 
-    def new_copies(self, step):
-        return self.reference_weights(step)
+    def update(self, step):
+        return []
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
@@ -224,7 +232,7 @@ class MovingAverageWeights(_WeightReference):
 
     At step `t` the reference is the average of the weights of steps
     `0 .. t-1` (the current weights at the first step), updated after each
-    step as `v ← decay · v + (1 - decay) · θ_t`. With `decay=0` it is the
+    step as `v ← v + (1 - decay) · (θ_t - v)`. With `decay=0` it is the
     previous step's weights.
 
     Args:

@@ -168,6 +168,13 @@ class SharpnessAware(keras.Model):
             self._components_built = True
         self.built = True
 
+    def make_train_function(self, force=False):
+        # `fit` and `train_on_batch` come here once the model is built and
+        # before any step: the moment to fill the reference weights.
+        for component in self._stateful_components():
+            component.fill(self.trainable_variables)
+        return super().make_train_function(force=force)
+
     def call(self, inputs, training=None):
         noise = self._active_noise
         if noise is not None and self._noise_layer(noise) is None:

@@ -54,7 +54,10 @@ def _torch_value_and_grad(fn):
             torch.zeros_like(w) if g is None else g
             for g, w in zip(grads, weights)
         ]
-        detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t
+        # Only what carries a graph: untouched inputs keep their identity.
+        detach = lambda t: (
+            t.detach() if isinstance(t, torch.Tensor) and t.requires_grad else t
+        )
         value = value.detach()
         aux = keras.tree.map_structure(detach, aux)
         return (value, aux), grads

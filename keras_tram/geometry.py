@@ -97,7 +97,9 @@ class Adaptive(Geometry):
 
     def perturbation(self, grads, weights, radius, grad_norm=None):
         grads = as_float32(grads)
-        scales = [ops.abs(w) + self.eta for w in as_float32(weights)]
+        weights = as_float32(weights)
+        # With eta = 0, T = |θ| enters as T² and ‖T g‖ = ‖θ g‖: no abs needed.
+        scales = weights if self.eta == 0 else [ops.abs(w) + self.eta for w in weights]
         scaled = [t * g for t, g in zip(scales, grads)]
         scale = radius * safe_reciprocal(global_norm(scaled))
         return [t * tg * scale for t, tg in zip(scales, scaled)]

@@ -435,10 +435,11 @@ class SharpnessAware(keras.Model):
         def train_step(self, data):
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             non_trainable = _backend.values_of(self.non_trainable_variables)
+            metrics = _backend.values_of(self.metrics_variables)
             grads, finite, step = self._sharpness_aware_step(
                 _backend.values_of(self.trainable_variables),
                 non_trainable,
-                _backend.values_of(self.metrics_variables),
+                metrics,
                 x,
                 y,
                 sample_weight,
@@ -447,14 +448,19 @@ class SharpnessAware(keras.Model):
             with _backend.no_grad():
                 # State first: on torch the step's values are views of the
                 # weights, which the optimizer is about to change in place.
-                new_non_trainable = _select(finite, step.new_non_trainable, non_trainable)
-                _assign(self.non_trainable_variables, new_non_trainable)
-                _assign(self.metrics_variables, step.new_metrics)
-                apply = lambda: self.optimizer.apply(grads, self.trainable_variables)
-                if self._optimizer_skips_non_finite:
-                    apply()
-                else:
-                    ops.cond(finite, apply, lambda: None)
+                _assign_changed(self.metrics_variables, step.new_metrics, metrics)
+                skips_non_finite = self._optimizer_skips_non_finite
+
+                def update():
+                    _assign_changed(
+                        self.non_trainable_variables, step.new_non_trainable, non_trainable
+                    )
+                    if not skips_non_finite:
+                        self.optimizer.apply(grads, self.trainable_variables)
+
+                ops.cond(finite, update, lambda: None)
+                if skips_non_finite:
+                    self.optimizer.apply(grads, self.trainable_variables)
                 return self._update_metrics(step)
 
         def test_step(self, data):
@@ -525,9 +531,11 @@ def _select(condition, new_values, old_values):
     return [ops.where(condition, new, old) for new, old in zip(new_values, old_values)]
 
 
-def _assign(variables, values):
-    for variable, value in zip(variables, values):
-        variable.assign(value)
+def _assign_changed(variables, values, old_values):
+    """Assigns the values that are not the very tensors read before the step."""
+    for variable, value, old in zip(variables, values, old_values):
+        if value is not old:
+            variable.assign(value)
 
 
 def _is_float(tensor):

@@ -1,4 +1,4 @@
-"""Quickstart: plain Adam, SAM and ASAM on real handwritten digits, with a domain shift.
+"""Quickstart: plain Adam, SAM, ASAM and TRAM on real handwritten digits, with a domain shift.
 
     pip install "keras-tram[jax]" scikit-learn
     KERAS_BACKEND=jax python examples/quickstart.py [--epochs 30] [--seed 0]
@@ -50,19 +50,26 @@ METHODS = {
     "adam": lambda model: model,
     "sam": lambda model: keras_tram.SAM(model, rho=0.05),
     "asam": lambda model: keras_tram.ASAM(model, rho=0.5),
+    "tram-θ_{t-1}": lambda model: keras_tram.TRAM(model, variant="previous_step"),
+    "tram-x": lambda model: keras_tram.TRAM(model, variant="input_noise", noise_stddev=0.1),
 }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     (x_train, y_train), domains = load_digits(args.seed)
     print(f"backend: {keras.backend.backend()}, {len(x_train)} training digits")
-    print(f"{'method':<8}" + "".join(f"{name:>16}" for name in domains))
-    for name, wrap in METHODS.items():
+    print(f"{'method':<14}" + "".join(f"{name:>16}" for name in domains))
+    for name in args.methods.split(","):
+        if name not in METHODS:
+            parser.error(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+        wrap = METHODS[name]
         keras.utils.set_random_seed(args.seed)
         trainer = wrap(build_model())
         trainer.compile(
@@ -75,7 +82,7 @@ def main():
             trainer.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
             for x, y in domains.values()
         ]
-        print(f"{name:<8}" + "".join(f"{a:>16.3f}" for a in accuracies))
+        print(f"{name:<14}" + "".join(f"{a:>16.3f}" for a in accuracies))
 
 
 if __name__ == "__main__":

@@ -130,7 +130,10 @@ class SharpnessAware(keras.Model):
         self.ascent_noise = ascent_noise
         self._active_noise = None
         self._inputs_are_float = True
-        if any(c.uses_noise for c in self._stateful_components()) or ascent_noise:
+        self.uses_noise = ascent_noise is not None or any(
+            c.uses_noise for c in self._stateful_components()
+        )
+        if self.uses_noise:
             self.noise_seed_generator = keras.random.SeedGenerator()
         self._statistic_names = self._choose_statistics()
         for name in self._statistic_names:
@@ -362,7 +365,7 @@ class SharpnessAware(keras.Model):
         for component in self._stateful_components():
             for variable, value in component.update(step):
                 updates[id(variable)] = value
-        if hasattr(self, "noise_seed_generator"):
+        if self.uses_noise:
             state = self.noise_seed_generator.state
             with keras.StatelessScope(state_mapping=[(state, step.value_of(state))]) as scope:
                 self.noise_seed_generator.next()

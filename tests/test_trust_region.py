@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import BACKEND
 from conftest import cross_entropy
 from conftest import make_data
 from conftest import make_mlp
@@ -386,3 +387,30 @@ def test_bad_arguments_raise_clear_errors(index):
     build, error, argument = BAD_ARGUMENTS[index]
     with pytest.raises(error, match=f"`{argument}`"):
         build(make_mlp()[0])
+
+
+@pytest.mark.parametrize("name", sorted(ALL_METHODS))
+def test_every_execution_mode_gives_the_same_weights(name):
+    from conftest import EXECUTION_MODES
+
+    x, y, _ = make_data()
+    results = {}
+    for mode, compile_kwargs in EXECUTION_MODES.items():
+        keras.utils.set_random_seed(11)
+        # No dropout: TensorFlow's XLA and non-XLA kernels draw different masks
+        # from the same seed.
+        model, _ = make_mlp()
+        wrapped = ALL_METHODS[name](model)
+        wrapped.compile(
+            optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy(), **compile_kwargs
+        )
+        wrapped.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        results[mode] = model.get_weights()
+        assert all(np.all(np.isfinite(w)) for w in results[mode])
+    if BACKEND == "tensorflow" and wrapped.uses_noise:
+        # TensorFlow's XLA kernels draw other random numbers from the same seed.
+        del results["xla"]
+    first, *others = results.values()
+    for other in others:
+        for a, b in zip(first, other):
+            np.testing.assert_allclose(a, b, atol=1e-5)

@@ -7,13 +7,14 @@ direction of size 1 in the geometry's own norm. A zero gradient gives `ε = 0`.
     >>> import numpy as np
     >>> from keras_tram import geometry
     >>> eps = geometry.Euclidean().perturbation([np.array([3.0, 4.0])], [np.ones(2)], 0.5)
-    >>> np.round(np.asarray(eps[0]), 3).tolist()
+    >>> [round(float(e), 6) for e in eps[0]]
     [0.3, 0.4]
 """
 
 import keras
 from keras import ops
 
+from keras_tram._config import Configurable
 from keras_tram._validation import check_non_negative
 
 
@@ -47,7 +48,7 @@ def as_float32(tensors):
     ]
 
 
-class Geometry:
+class Geometry(Configurable):
     """Base class: subclasses implement `perturbation(grads, weights, radius)`."""
 
     def perturbation(self, grads, weights, radius, grad_norm=None):
@@ -56,17 +57,6 @@ class Geometry:
         `grad_norm`, when given, is `global_norm(grads)`, already computed.
         """
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")

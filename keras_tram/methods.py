@@ -56,6 +56,17 @@ class ASAM(SharpnessAware):
         model: the `keras.Model` to train.
         rho: the radius, a finite number >= 0 (the paper uses 0.5).
         eta: the offset added to `|θ|`, a finite number >= 0.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, keras_tram
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    wrapped = keras_tram.ASAM(model, rho=0.5, eta=0.0)
+    wrapped.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = wrapped.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
+    history.history["radius"]
+    ```
     """
 
     def __init__(self, model, rho=0.5, eta=0.0, **kwargs):
@@ -81,6 +92,17 @@ class FSAM(SharpnessAware):
         model: the `keras.Model` to train.
         rho: the radius, a finite number >= 0.
         eta: the weight of the diagonal Fisher estimate `g²`, >= 0.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, keras_tram
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    wrapped = keras_tram.FSAM(model, rho=0.1, eta=0.1)
+    wrapped.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = wrapped.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
+    history.history["grad_norm"]
+    ```
     """
 
     def __init__(self, model, rho=0.1, eta=0.1, **kwargs):
@@ -178,7 +200,7 @@ class TRAM(SharpnessAware):
             "input_noise": lambda: noise,
         }[variant]()
         radius = TrustRegion(
-            reference, divergence=divergence, scale=radius_scale,
+            reference, divergence=divergence, radius_scale=radius_scale,
             max_radius=max_radius, from_logits=from_logits, output_key=output_key,
         )
         super().__init__(
@@ -218,6 +240,17 @@ class TRPO(_PenaltyMethod):
         model: the `keras.Model` to train.
         weight: λ, >= 0.
         divergence: `"kl"`, `"reverse_kl"` or `"symmetric_kl"`.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, keras_tram
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    wrapped = keras_tram.TRPO(model, weight=0.1)
+    wrapped.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = wrapped.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
+    history.history["penalty"]
+    ```
     """
 
     def __init__(self, model, weight=0.1, divergence="kl", from_logits=True,
@@ -243,6 +276,17 @@ class R3F(_PenaltyMethod):
         weight: λ, >= 0.
         divergence: `"kl"`, `"reverse_kl"` or `"symmetric_kl"`.
         noise_layer: where the noise goes for token-id models.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, keras_tram
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    wrapped = keras_tram.R3F(model, noise_stddev=0.1, weight=0.1)
+    wrapped.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = wrapped.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
+    history.history["divergence"]
+    ```
     """
 
     def __init__(self, model, noise_stddev=0.1, weight=0.1, divergence="kl",
@@ -270,6 +314,17 @@ class MESA(_PenaltyMethod):
         decay: the EMA decay, in [0, 1].
         weight: λ, >= 0.
         divergence: `"kl"`, `"reverse_kl"` or `"symmetric_kl"`.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, keras_tram
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    wrapped = keras_tram.MESA(model, decay=0.999, weight=0.1)
+    wrapped.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = wrapped.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
+    history.history["penalty"]
+    ```
     """
 
     def __init__(self, model, decay=0.999, weight=0.1, divergence="kl",

@@ -2,19 +2,17 @@
 
     >>> import keras_tram
     >>> keras_tram.penalty.Penalty(keras_tram.trust_region.PreviousWeights(), weight=0.1)
-    Penalty(reference=PreviousWeights(), weight=0.1, divergence='kl', from_logits=True, output_key='logits')
+    Penalty(reference=PreviousWeights(), divergence='kl', from_logits=True, output_key='logits', weight=0.1)
 """
 
 import keras
 
 from keras_tram import trust_region
-from keras_tram._validation import check_choice
-from keras_tram._validation import check_instance
 from keras_tram._validation import check_non_negative
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
-class Penalty:
+class Penalty(trust_region.Distance):
     """Adds `weight · d(reference, current)` to the training loss.
 
     The gradient flows through the current predictions and, for a reference
@@ -33,51 +31,13 @@ class Penalty:
 
     def __init__(self, reference, weight=0.1, divergence="kl", from_logits=True,
                  output_key="logits"):
-        self.reference = check_instance("reference", reference, trust_region.Reference)
+        super().__init__(reference, divergence, from_logits, output_key)
         self.weight = check_non_negative("weight", weight)
-        self.divergence = check_choice("divergence", divergence, trust_region.DIVERGENCES)
-        self.from_logits = bool(from_logits)
-        self.output_key = output_key
-
-    def build(self, wrapper):
-        self.reference.build(wrapper)
-
-    def fill(self, trainable_variables):
-        self.reference.fill(trainable_variables)
-
-    def update(self, step):
-        return self.reference.update(step)
-
-    @property
-    def uses_noise(self):
-        return self.reference.uses_noise
 
     def __call__(self, step, weights, y_pred):
         """Returns `(d, weight · d)` for predictions `y_pred` at `weights`."""
-        d = trust_region.measure(
-            self.reference, step, weights, y_pred, self.divergence,
-            self.from_logits, self.output_key,
-        )
+        d = self.measure(step, weights, y_pred)
         return d, self.weight * d
 
     def get_config(self):
-        return {
-            "reference": keras.saving.serialize_keras_object(self.reference),
-            "weight": self.weight,
-            "divergence": self.divergence,
-            "from_logits": self.from_logits,
-            "output_key": self.output_key,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["reference"] = keras.saving.deserialize_keras_object(config["reference"])
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(
-            f"{k}={self.reference if k == 'reference' else v!r}"
-            for k, v in self.get_config().items()
-        )
-        return f"Penalty({args})"
+        return {**super().get_config(), "weight": self.weight}

@@ -18,7 +18,9 @@ penalty added to the loss (`keras_tram.penalty.Penalty`: TRPO, R3F, MESA).
 import keras
 from keras import ops
 
+from keras_tram._config import Configurable
 from keras_tram._validation import check_choice
+from keras_tram._validation import check_instance
 from keras_tram._validation import check_non_negative
 from keras_tram._validation import check_unit_interval
 
@@ -49,16 +51,15 @@ def divergence(reference, current, kind="kl", sample_weight=None, from_logits=Tr
         The per-position divergence summed over classes, averaged over
         examples (and positions), as a float32 scalar.
     """
+    check_choice("divergence", kind, DIVERGENCES)
     log_p = _log_probabilities(reference, from_logits)
     log_q = _log_probabilities(current, from_logits)
     if kind == "kl":
         pointwise = ops.exp(log_p) * (log_p - log_q)
     elif kind == "reverse_kl":
         pointwise = ops.exp(log_q) * (log_q - log_p)
-    elif kind == "symmetric_kl":
-        pointwise = (ops.exp(log_p) - ops.exp(log_q)) * (log_p - log_q)
     else:
-        check_choice("divergence", kind, DIVERGENCES)
+        pointwise = (ops.exp(log_p) - ops.exp(log_q)) * (log_p - log_q)
     per_position = ops.sum(pointwise, axis=-1)
     if sample_weight is None:
         return ops.mean(per_position)
@@ -70,20 +71,6 @@ def divergence(reference, current, kind="kl", sample_weight=None, from_logits=Tr
     return ops.where(
         total > 0, ops.sum(weight * per_position) / ops.where(total > 0, total, 1.0), 0.0
     )
-
-
-def measure(reference, step, weights, current, kind, from_logits, output_key):
-    """`d(reference ‖ current)` on the step's batch, for predictions `current`
-    at `weights`; exactly 0 where the reference is the current model."""
-    d = divergence(
-        select_logits(reference.predictions(step, weights), output_key),
-        select_logits(current, output_key),
-        kind,
-        step.sample_weight,
-        from_logits,
-    )
-    is_current = reference.is_current(step, weights)
-    return d if is_current is None else ops.where(is_current, 0.0, d)
 
 
 def select_logits(outputs, key="logits"):
@@ -104,13 +91,14 @@ def select_logits(outputs, key="logits"):
     return outputs
 
 
-class Reference:
+class Reference(Configurable):
     """Base class of references.
 
     Subclasses implement `predictions(step, weights)`, the reference
     predictions when the current weights are `weights`, and may keep state in
-    non-trainable variables of the wrapper (created in `build(wrapper)`)
-    updated at the end of each step from `update(step)`, which returns
+    non-trainable variables of the wrapper (created in `build(wrapper)`,
+    filled when training starts in `fill(trainable_variables)`) updated at the
+    end of each step from `update(step)`, which returns
     `[(variable, new_value), ...]`.
     """
 
@@ -121,7 +109,7 @@ class Reference:
         raise NotImplementedError
 
     def fill(self, trainable_variables):
-        """Called when training starts, before any step."""
+        pass
 
     def update(self, step):
         return []
@@ -136,16 +124,57 @@ class Reference:
     def uses_noise(self):
         return False
 
+
+class Distance(Configurable):
+    """`d(reference ‖ current)` on the step's batch: what TRAM's radius and the
+    trust-region penalties have in common.
+
+    Args:
+        reference: a `Reference`.
+        divergence: `"kl"`, `"reverse_kl"` or `"symmetric_kl"`.
+        from_logits: whether the model outputs logits (else probabilities).
+        output_key: the entry of a dict output that holds the logits.
+    """
+
+    def __init__(self, reference, divergence="kl", from_logits=True, output_key="logits"):
+        self.reference = check_instance("reference", reference, Reference)
+        self.divergence = check_choice("divergence", divergence, DIVERGENCES)
+        self.from_logits = bool(from_logits)
+        self.output_key = output_key
+
+    def build(self, wrapper):
+        self.reference.build(wrapper)
+
+    def fill(self, trainable_variables):
+        self.reference.fill(trainable_variables)
+
+    def update(self, step):
+        return self.reference.update(step)
+
+    @property
+    def uses_noise(self):
+        return self.reference.uses_noise
+
+    def measure(self, step, weights, current):
+        """`d` for predictions `current` at `weights`; exactly 0 where the
+        reference is the current model."""
+        d = divergence(
+            select_logits(self.reference.predictions(step, weights), self.output_key),
+            select_logits(current, self.output_key),
+            self.divergence,
+            step.sample_weight,
+            self.from_logits,
+        )
+        is_current = self.reference.is_current(step, weights)
+        return d if is_current is None else ops.where(is_current, 0.0, d)
+
     def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
+        return {
+            "reference": keras.saving.serialize_keras_object(self.reference),
+            "divergence": self.divergence,
+            "from_logits": self.from_logits,
+            "output_key": self.output_key,
+        }
 
 
 class _WeightReference(Reference):

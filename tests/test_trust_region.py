@@ -312,7 +312,7 @@ def test_asam_with_a_penalty_composes_without_new_code():
     for _ in range(2):
         ref = reference.mlp_logits(previous, x)
 
-        def grads_at(w):
+        def grads_at(w, ref=ref):
             task = reference.mlp_loss_and_grads(w, x, y)[1]
             return [g + 2.0 * p for g, p in zip(task, reference.kl_grads(w, x, ref))]
 

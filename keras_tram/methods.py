@@ -172,39 +172,43 @@ class TRAM(SharpnessAware):
                 f"`noise_stddev` applies to the variants {_NOISE_VARIANTS}; "
                 f"variant={variant!r} takes none."
             )
-        if variant != "fisher" and rho is not None:
-            raise ValueError(
-                f"`rho` applies to variant='fisher' only; variant={variant!r} "
-                "takes its radius from the trust region."
-            )
-        self._arguments = dict(
-            variant=variant, noise_stddev=noise_stddev, eta=eta, rho=rho,
-            divergence=divergence, radius_scale=radius_scale, max_radius=max_radius,
-            noise_layer=noise_layer if not isinstance(noise_layer, keras.layers.Layer)
-            else noise_layer.name,
-            from_logits=from_logits, output_key=output_key,
-        )
-        noise = NoisedInputs(0.1 if noise_stddev is None else noise_stddev, noise_layer)
+        noise = None
+        if variant in _NOISE_VARIANTS:
+            noise = NoisedInputs(0.1 if noise_stddev is None else noise_stddev, noise_layer)
         if variant == "fisher":
-            super().__init__(
-                model,
+            if divergence != "kl" or radius_scale != 1.0 or max_radius is not None:
+                raise ValueError(
+                    "`divergence`, `radius_scale` and `max_radius` shape the "
+                    "trust-region radius; variant='fisher' has the constant radius `rho`."
+                )
+            parts = dict(
                 geometry=Fisher(0.1 if eta is None else eta),
                 radius=Constant(0.1 if rho is None else rho),
                 ascent_noise=noise,
-                **kwargs,
             )
-            return
-        reference = {
-            "previous_step": PreviousWeights,
-            "pretrained": InitialWeights,
-            "input_noise": lambda: noise,
-        }[variant]()
-        radius = TrustRegion(
-            reference, divergence=divergence, radius_scale=radius_scale,
-            max_radius=max_radius, from_logits=from_logits, output_key=output_key,
-        )
-        super().__init__(
-            model, geometry=Adaptive(0.0 if eta is None else eta), radius=radius, **kwargs
+        else:
+            if rho is not None:
+                raise ValueError(
+                    f"`rho` applies to variant='fisher' only; variant={variant!r} "
+                    "takes its radius from the trust region."
+                )
+            reference = {
+                "previous_step": PreviousWeights,
+                "pretrained": InitialWeights,
+                "input_noise": lambda: noise,
+            }[variant]()
+            radius = TrustRegion(
+                reference, divergence=divergence, radius_scale=radius_scale,
+                max_radius=max_radius, from_logits=from_logits, output_key=output_key,
+            )
+            parts = dict(geometry=Adaptive(0.0 if eta is None else eta), radius=radius)
+        super().__init__(model, **parts, **kwargs)
+        if isinstance(noise_layer, keras.layers.Layer):
+            noise_layer = noise_layer.name
+        self._arguments = dict(
+            variant=variant, noise_stddev=noise_stddev, eta=eta, rho=rho,
+            divergence=divergence, radius_scale=radius_scale, max_radius=max_radius,
+            noise_layer=noise_layer, from_logits=from_logits, output_key=output_key,
         )
 
     @property

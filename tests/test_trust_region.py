@@ -363,6 +363,7 @@ BAD_ARGUMENTS = [
     (lambda m: keras_tram.TRAM(m, variant="input_noise", noise_stddev=-0.1), ValueError, "noise_stddev"),
     (lambda m: keras_tram.TRAM(m, variant="previous_step", noise_stddev=0.1), ValueError, "noise_stddev"),
     (lambda m: keras_tram.TRAM(m, variant="pretrained", rho=0.1), ValueError, "rho"),
+    (lambda m: keras_tram.TRAM(m, variant="fisher", max_radius=1.0), ValueError, "max_radius"),
     (lambda m: keras_tram.TRAM(m, divergence="mmd"), ValueError, "divergence"),
     (lambda m: keras_tram.TRAM(m, radius_scale=-1.0), ValueError, "radius_scale"),
     (lambda m: keras_tram.TRAM(m, max_radius=float("nan")), ValueError, "max_radius"),

@@ -18,6 +18,7 @@ penalty added to the loss (`keras_tram.penalty.Penalty`: TRPO, R3F, MESA).
 import keras
 from keras import ops
 
+from keras_tram import _backend
 from keras_tram._config import Configurable
 from keras_tram._validation import check_choice
 from keras_tram._validation import check_instance
@@ -214,10 +215,7 @@ class _WeightReference(Reference):
         return [step.value_of(copy) for copy in self.copies]
 
     def is_current(self, step, weights):
-        same = [
-            ops.all(ops.equal(r, w)) for r, w in zip(self.reference_weights(step), weights)
-        ]
-        return ops.all(ops.stack(same))
+        return _backend.all_equal(self.reference_weights(step), weights)
 
     def predictions(self, step, weights):
         return step.forward(self.reference_weights(step))

@@ -1,6 +1,6 @@
 """Quickstart: plain Adam, SAM, ASAM and TRAM on real handwritten digits, with a domain shift.
 
-    pip install "keras-tram[jax]" scikit-learn
+    pip install -e ".[jax]" scikit-learn
     KERAS_BACKEND=jax python examples/quickstart.py [--epochs 30] [--seed 0]
 
 Trains the same small network on scikit-learn's 8x8 handwritten digits with

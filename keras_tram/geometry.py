@@ -20,13 +20,11 @@ from keras_tram._validation import check_non_negative
 
 def global_norm(tensors):
     """The L2 norm of a list of tensors taken as one vector, in float32."""
-    return ops.norm(ops.stack([_norm(t) for t in tensors]))
+    return ops.norm(ops.stack([_norm(t) for t in as_float32(tensors)]))
 
 
 def _norm(tensor):
     """The L2 norm of one tensor, with as few ops as its rank allows."""
-    if keras.backend.standardize_dtype(tensor.dtype) != "float32":
-        tensor = ops.cast(tensor, "float32")
     if len(tensor.shape) not in (1, 2):
         tensor = ops.reshape(tensor, (-1,))
     return ops.norm(tensor)  # Frobenius for matrices

@@ -1,4 +1,6 @@
-"""The only backend-specific pieces: taking a gradient of a stateless loss."""
+"""The backend-specific pieces: taking a gradient of a stateless loss, reading
+variable values outside a tape, and the few places where a backend behaves
+differently (torch's unseeded dropout, in-place updates, equality checks)."""
 
 import contextlib
 

@@ -157,19 +157,39 @@ class SharpnessAware(keras.Model):
             names.append("penalty")
         return tuple(names + ["grad_norm"])
 
-    def build(self, input_shape):
+    def build(self, input_shape=None):
         if not self.model.built:
             if input_shape is None:
                 raise ValueError(
                     "The wrapped model is not built; build it (or give it an "
                     "`Input`) before wrapping, or call the wrapper on data."
                 )
-            self.model.build(input_shape)
+            # As Keras builds a layer without `build()`: one symbolic call.
+            self.model(
+                keras.tree.map_shape_structure(keras.KerasTensor, input_shape)
+            )
         if not self._components_built:
             for component in self._stateful_components():
                 component.build(self)
             self._components_built = True
         self.built = True
+
+    if keras.backend.backend() == "tensorflow":
+
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            # Without a distribution strategy Keras's TF trainer leaves the
+            # building to the first trace of `train_step`; this step reads the
+            # variables before any call, so build them here, as Keras does
+            # under a strategy.
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+            if self.built:
+                return
+            if iterator is not None:
+                for _, _, batches in iterator:
+                    data_batch = next(batches)
+                    break
+            if data_batch is not None:
+                self._symbolic_build(data_batch=data_batch)
 
     def make_train_function(self, force=False):
         # `fit` and `train_on_batch` come here once the model is built and

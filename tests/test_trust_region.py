@@ -415,3 +415,30 @@ def test_every_execution_mode_gives_the_same_weights(name):
     for other in others:
         for a, b in zip(first, other):
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+class SubclassedMLP(keras.Model):
+    """The reference MLP as a subclassed model, unbuilt until it first sees data."""
+
+    def __init__(self, weights):
+        super().__init__()
+        w1, b1, w2, b2 = (keras.initializers.Constant(w) for w in weights)
+        self.hidden = keras.layers.Dense(
+            5, activation="tanh", kernel_initializer=w1, bias_initializer=b1
+        )
+        self.logits = keras.layers.Dense(3, kernel_initializer=w2, bias_initializer=b2)
+
+    def call(self, inputs):
+        return self.logits(self.hidden(inputs))
+
+
+@pytest.mark.parametrize("variant", ["previous_step", "pretrained"])
+def test_unbuilt_subclassed_model(variant):
+    _, initial = make_mlp()
+    x, y, _ = make_data()
+    model = SubclassedMLP(initial)
+    assert not model.built
+    history = _fit_full_batch(keras_tram.TRAM(model, variant=variant), x, y)
+    expected, divergences = reference.train_tram(initial, x, y, STEPS, 1.0, variant)
+    np.testing.assert_allclose(history["divergence"], divergences, rtol=2e-3, atol=1e-7)
+    _assert_weights(model, expected)

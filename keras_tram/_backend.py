@@ -114,6 +114,7 @@ def all_equal(tensors, others):
     if keras.backend.backend() == "torch":
         import torch
 
-        return torch.tensor(all(torch.equal(a, b) for a, b in zip(tensors, others)))
+        equal = all(torch.equal(a, b) for a, b in zip(tensors, others))
+        return torch.tensor(equal, device=tensors[0].device if tensors else None)
     flags = [keras.ops.all(keras.ops.equal(a, b)) for a, b in zip(tensors, others)]
     return keras.ops.all(keras.ops.stack(flags))

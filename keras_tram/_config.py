@@ -1,4 +1,4 @@
-"""A base for the small serializable pieces (geometries, radii, references)."""
+"""Bases for the small serializable pieces (geometries, radii, references)."""
 
 import keras
 
@@ -17,6 +17,27 @@ class Configurable:
 
     def __repr__(self):
         return _render({"class_name": type(self).__name__, "config": self.get_config()})
+
+
+class Component(Configurable):
+    """A piece that may keep state in variables of the wrapper: it creates them
+    in `build(wrapper)`, fills them when training starts in
+    `fill(trainable_variables)`, and returns end-of-step updates from
+    `update(step)` as `[(variable, new_value), ...]`. `uses_noise` says
+    whether it draws input noise."""
+
+    def build(self, wrapper):
+        pass
+
+    def fill(self, trainable_variables):
+        pass
+
+    def update(self, step):
+        return []
+
+    @property
+    def uses_noise(self):
+        return False
 
 
 def _is_serialized(value):

@@ -228,12 +228,9 @@ class _PenaltyMethod(SharpnessAware):
         super().__init__(model, penalty=penalty, **kwargs)
 
     def _penalty_config(self):
-        return {
-            "weight": self.penalty.weight,
-            "divergence": self.penalty.divergence,
-            "from_logits": self.penalty.from_logits,
-            "output_key": self.penalty.output_key,
-        }
+        config = self.penalty.get_config()
+        del config["reference"]  # each method names its reference's arguments
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")

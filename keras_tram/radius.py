@@ -13,33 +13,16 @@ import keras
 from keras import ops
 
 from keras_tram import trust_region
-from keras_tram._config import Configurable
+from keras_tram._config import Component
 from keras_tram._validation import check_non_negative
 
 
-class Radius(Configurable):
-    """Base class: subclasses implement `__call__(step)`.
-
-    A radius that keeps state implements `build(wrapper)` (create variables of
-    the wrapper), `fill(trainable_variables)` (when training starts) and
-    `update(step)` (end-of-step updates, `[(variable, new_value), ...]`).
-    """
+class Radius(Component):
+    """Base class: subclasses implement `__call__(step)`; one that keeps state
+    implements the `Component` methods too."""
 
     def __call__(self, step):
         raise NotImplementedError
-
-    def build(self, wrapper):
-        pass
-
-    def fill(self, trainable_variables):
-        pass
-
-    def update(self, step):
-        return []
-
-    @property
-    def uses_noise(self):
-        return False
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")

@@ -19,7 +19,7 @@ import keras
 from keras import ops
 
 from keras_tram import _backend
-from keras_tram._config import Configurable
+from keras_tram._config import Component
 from keras_tram._validation import check_choice
 from keras_tram._validation import check_instance
 from keras_tram._validation import check_non_negative
@@ -92,28 +92,16 @@ def select_logits(outputs, key="logits"):
     return outputs
 
 
-class Reference(Configurable):
+class Reference(Component):
     """Base class of references.
 
     Subclasses implement `predictions(step, weights)`, the reference
-    predictions when the current weights are `weights`, and may keep state in
-    non-trainable variables of the wrapper (created in `build(wrapper)`,
-    filled when training starts in `fill(trainable_variables)`) updated at the
-    end of each step from `update(step)`, which returns
-    `[(variable, new_value), ...]`.
+    predictions when the current weights are `weights`, and may keep state
+    through the `Component` methods.
     """
-
-    def build(self, wrapper):
-        pass
 
     def predictions(self, step, weights):
         raise NotImplementedError
-
-    def fill(self, trainable_variables):
-        pass
-
-    def update(self, step):
-        return []
 
     def is_current(self, step, weights):
         """A boolean tensor, true when the reference is the model at `weights`
@@ -121,12 +109,8 @@ class Reference(Configurable):
         compiled forward passes), or None if it never is."""
         return None
 
-    @property
-    def uses_noise(self):
-        return False
 
-
-class Distance(Configurable):
+class Distance(Component):
     """`d(reference ‖ current)` on the step's batch: what TRAM's radius and the
     trust-region penalties have in common.
 

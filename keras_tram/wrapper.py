@@ -40,7 +40,7 @@ class Step:
         self.non_trainable = non_trainable
         self.statistics = {}
         self._wrapper = wrapper
-        self._index = wrapper._non_trainable_index
+        self._index = None
 
     def forward(self, weights, noise=None):
         """Predictions at `weights` in training mode, with the non-trainable
@@ -50,6 +50,9 @@ class Step:
 
     def value_of(self, variable):
         """The value a non-trainable variable of the wrapper had before the step."""
+        if self._index is None:
+            variables = self._wrapper.non_trainable_variables
+            self._index = {id(v): i for i, v in enumerate(variables)}
         return self.non_trainable[self._index[id(variable)]]
 
 
@@ -153,8 +156,10 @@ class SharpnessAware(keras.Model):
         if trust_region_radius:
             names.append("divergence")
         if self.penalty is not None:
-            names.append("penalty_divergence" if trust_region_radius else "divergence")
-            names.append("penalty")
+            self._penalty_divergence_name = (
+                "penalty_divergence" if trust_region_radius else "divergence"
+            )
+            names += [self._penalty_divergence_name, "penalty"]
         return tuple(names + ["grad_norm"])
 
     def build(self, input_shape=None):
@@ -270,10 +275,6 @@ class SharpnessAware(keras.Model):
 
     # ----------------------------------------------------------------- step
 
-    @property
-    def _non_trainable_index(self):
-        return {id(v): i for i, v in enumerate(self.non_trainable_variables)}
-
     def _forward(self, weights, non_trainable, inputs, noise=None):
         with self._noised(noise):
             return self.stateless_call(
@@ -310,12 +311,7 @@ class SharpnessAware(keras.Model):
         objective, statistics = loss, {}
         if self.penalty is not None:
             d, penalty = self.penalty(step, weights, y_pred)
-            name = (
-                "penalty_divergence"
-                if "penalty_divergence" in self._statistic_names
-                else "divergence"
-            )
-            statistics = {name: d, "penalty": penalty}
+            statistics = {self._penalty_divergence_name: d, "penalty": penalty}
             objective = loss + ops.cast(penalty, loss.dtype)
         scaled = objective * ops.cast(loss_scale, objective.dtype)
         return scaled, (loss, y_pred, non_trainable, metrics, statistics)

@@ -39,7 +39,9 @@ def _tensorflow_value_and_grad(fn):
         grads = tape.gradient(
             value, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        return (value, aux), grads
+        # An embedding lookup's gradient comes as IndexedSlices; norms,
+        # perturbations and element-wise geometry need it dense.
+        return (value, aux), [tf.convert_to_tensor(g) for g in grads]
 
     return wrapped
 

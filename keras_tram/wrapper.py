@@ -1,11 +1,13 @@
 """`SharpnessAware`: the one training step every method in this package runs."""
 
 import contextlib
+import inspect
 
 import keras
 from keras import ops
 
 from keras_tram import _backend
+from keras_tram import _pipeline
 from keras_tram import geometry as geometry_lib
 from keras_tram import penalty as penalty_lib
 from keras_tram import radius as radius_lib
@@ -210,6 +212,78 @@ class SharpnessAware(keras.Model):
                 lambda t: self._add_noise(t, noise.stddev) if _is_float(t) else t, inputs
             )
         return self.model(inputs, training=training)
+
+    # ------------------------------------------- a keras-hub task's preprocessor
+
+    def fit(self, *args, **kwargs):
+        preprocess = _pipeline.preprocessing_of(self.model)
+        if preprocess is None:
+            return super().fit(*args, **kwargs)
+        arguments = _arguments(super().fit, args, kwargs)
+        split = arguments.pop("validation_split", 0.0)
+        if split and arguments.get("validation_data") is None:
+            data = tuple(arguments.pop(k, None) for k in ("x", "y", "sample_weight"))
+            data, validation = _pipeline.split(data, split)
+            arguments.update(zip(("x", "y", "sample_weight"), data))
+            arguments["validation_data"] = validation
+        batch_size = arguments.pop("batch_size", None)
+        x = arguments.pop("x", None)
+        shuffle = False
+        if not _pipeline.is_dataset(x):
+            shuffle = bool(arguments.pop("shuffle", True))
+            arguments["shuffle"] = False  # the dataset shuffles instead
+        arguments["x"] = _pipeline.dataset(
+            preprocess, x, arguments.pop("y", None), arguments.pop("sample_weight", None),
+            batch_size, shuffle=shuffle,
+        )
+        validation = arguments.get("validation_data")
+        if validation is not None:
+            if not _pipeline.is_dataset(validation):
+                validation = keras.utils.unpack_x_y_sample_weight(validation)
+                validation = _pipeline.dataset(preprocess, *validation, batch_size)
+            else:
+                validation = _pipeline.dataset(preprocess, validation)
+            arguments["validation_data"] = validation
+        return super().fit(**arguments)
+
+    def evaluate(self, *args, **kwargs):
+        preprocess = _pipeline.preprocessing_of(self.model)
+        if preprocess is None or kwargs.get("_use_cached_eval_dataset"):
+            return super().evaluate(*args, **kwargs)
+        arguments = _arguments(super().evaluate, args, kwargs)
+        arguments["x"] = _pipeline.dataset(
+            preprocess, *(arguments.pop(k, None) for k in
+                          ("x", "y", "sample_weight", "batch_size")),
+        )
+        return super().evaluate(**arguments)
+
+    def predict(self, *args, **kwargs):
+        preprocess = _pipeline.preprocessing_of(self.model)
+        if preprocess is None:
+            return super().predict(*args, **kwargs)
+        arguments = _arguments(super().predict, args, kwargs)
+        arguments["x"] = _pipeline.dataset(
+            preprocess, arguments.pop("x", None),
+            batch_size=arguments.pop("batch_size", None),
+        )
+        return super().predict(**arguments)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        x, y, sample_weight = self._preprocessed(x, y, sample_weight)
+        return super().train_on_batch(x, y, sample_weight, **kwargs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        x, y, sample_weight = self._preprocessed(x, y, sample_weight)
+        return super().test_on_batch(x, y, sample_weight, **kwargs)
+
+    def predict_on_batch(self, x):
+        return super().predict_on_batch(self._preprocessed(x)[0])
+
+    def _preprocessed(self, x, y=None, sample_weight=None):
+        preprocess = _pipeline.preprocessing_of(self.model)
+        if preprocess is None:
+            return x, y, sample_weight
+        return keras.utils.unpack_x_y_sample_weight(preprocess(x, y, sample_weight))
 
     # ---------------------------------------------------------------- noise
 
@@ -555,6 +629,16 @@ def _assign_changed(variables, values, old_values):
     for variable, value, old in zip(variables, values, old_values):
         if value is not old:
             variable.assign(value)
+
+
+def _arguments(method, args, kwargs):
+    """The arguments of a call to a Keras method, by name."""
+    signature = inspect.signature(method)
+    arguments = dict(signature.bind(*args, **kwargs).arguments)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(arguments.pop(name, {}))
+    return arguments
 
 
 def _is_float(tensor):

@@ -71,7 +71,7 @@ def main(argv=None):
     check_method(arguments)
     tiny_run = arguments.tiny
     if tiny_run:
-        arguments.train_size = arguments.train_size or 1500
+        arguments.train_size = arguments.train_size or 1000
         arguments.eval_size = arguments.eval_size or 150
     arguments.eval_size = arguments.eval_size or 1000
     epochs = arguments.epochs or (3 if tiny_run else 1)

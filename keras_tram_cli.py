@@ -13,6 +13,19 @@ import os
 import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
+# The demo's methods, known here so that bad arguments are caught before
+# Keras (and a backend's start-up logging) is imported.
+DEMO_METHODS = (
+    "adam", "sam", "asam", "fsam", "tram-previous_step", "tram-pretrained",
+    "tram-input_noise", "tram-fisher", "r3f", "trpo", "mesa",
+)
+QUICK_METHODS = ("adam", "sam", "asam", "tram-previous_step", "tram-input_noise")
+
+
+def canonical(method):
+    """A demo method's name as in `DEMO_METHODS` (`"tram"` is TRAM-θ_{t-1})."""
+    method = method.strip().lower()
+    return "tram-previous_step" if method == "tram" else method
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,25 +90,25 @@ def main(argv=None):
     if arguments.seeds is not None and arguments.seeds < 1:
         parser.error(f"--seeds must be >= 1; got {arguments.seeds}")
     seeds = arguments.seeds or (2 if arguments.quick else 3)
+    if arguments.methods:
+        methods = tuple(canonical(m) for m in arguments.methods.split(",") if m.strip())
+    else:
+        methods = QUICK_METHODS if arguments.quick else DEMO_METHODS
+    if not methods:
+        parser.error("--methods names no method")
+    for method in methods:
+        if method not in DEMO_METHODS:
+            parser.error(f"unknown method {method!r} in --methods; choose from "
+                         f"{', '.join(DEMO_METHODS)}")
+    _check_output(parser, arguments.output)
     started_with = sys.modules["keras"].backend.backend() if "keras" in sys.modules else None
     if started_with not in (None, backend):
         parser.error(f"Keras is already imported with backend {started_with!r}; "
                      "run keras-tram in a new process")
     os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     from keras_tram import demo  # imports Keras, with the backend chosen
 
-    if arguments.methods:
-        methods = tuple(m.strip() for m in arguments.methods.split(",") if m.strip())
-    else:
-        methods = demo.QUICK_METHODS if arguments.quick else demo.ALL_METHODS
-    if not methods:
-        parser.error("--methods names no method")
-    for method in methods:
-        if demo.canonical(method) not in demo.ALL_METHODS:
-            parser.error(f"unknown method {method!r} in --methods; choose from "
-                         f"{', '.join(demo.ALL_METHODS)}")
-    methods = tuple(demo.canonical(m) for m in methods)
-    _check_output(parser, arguments.output)
     cache = arguments.cache or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "keras-tram"
     )

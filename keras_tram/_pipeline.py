@@ -52,7 +52,7 @@ def dataset(preprocess, x, y=None, sample_weight=None, batch_size=None, shuffle=
                             ("batch_size", batch_size)):
             if value is not None:
                 raise ValueError(f"`{name}` must be None when `x` is a tf.data.Dataset.")
-    elif isinstance(x, keras.utils.PyDataset) or callable(getattr(x, "__next__", None)):
+    elif is_dataset(x):
         return x
     else:
         data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)

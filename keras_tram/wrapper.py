@@ -100,7 +100,7 @@ class SharpnessAware(keras.Model):
     )
     wrapped.compile(optimizer="sgd", loss="mse")
     history = wrapped.fit(np.ones((8, 4)), np.zeros((8, 3)), verbose=0)
-    sorted(history.history)  # ['grad_norm', 'loss', 'radius']
+    sorted(history.history)  # ['grad_norm', 'loss', 'radius', 'skipped_steps']
     ```
     """
 
@@ -143,6 +143,7 @@ class SharpnessAware(keras.Model):
         self._statistic_names = self._choose_statistics()
         for name in self._statistic_names:
             setattr(self, f"{name}_tracker", keras.metrics.Mean(name=name))
+        self.skipped_steps_tracker = keras.metrics.Sum(name="skipped_steps")
         self._components_built = False
         if model.built:
             self.build(None)
@@ -465,15 +466,22 @@ class SharpnessAware(keras.Model):
             for v, value in zip(self.non_trainable_variables, step.new_non_trainable)
         ]
 
-    def _update_metrics(self, step):
-        """Updates the metrics from the clean pass and returns the logs."""
+    def _update_metrics(self, step, finite):
+        """Updates the metrics from the clean pass and returns the logs.
+
+        A skipped (non-finite) step is counted in `skipped_steps` and left out
+        of the step statistics' means, which therefore stay finite.
+        """
         first_input = next(i for i in keras.tree.flatten(step.x) if i is not None)
         self._loss_tracker.update_state(
             unscale_loss_for_distribution(step.loss),
             sample_weight=ops.shape(first_input)[0],
         )
+        kept = ops.cast(finite, "float32")
         for name in self._statistic_names:
-            getattr(self, f"{name}_tracker").update_state(step.statistics[name])
+            value = ops.where(finite, ops.cast(step.statistics[name], "float32"), 0.0)
+            getattr(self, f"{name}_tracker").update_state(value, sample_weight=kept)
+        self.skipped_steps_tracker.update_state(1.0 - kept)
         return self.compute_metrics(step.x, step.y, step.y_pred, step.sample_weight)
 
     @property
@@ -504,7 +512,7 @@ class SharpnessAware(keras.Model):
             )
             mapping = list(zip(self.metrics_variables, step.new_metrics))
             with keras.StatelessScope(state_mapping=mapping) as scope:
-                logs = self._update_metrics(step)
+                logs = self._update_metrics(step, finite)
             metrics = [scope.get_current_value(v) for v in self.metrics_variables]
 
             new_weights, new_optimizer_values = self.optimizer.stateless_apply(
@@ -554,13 +562,14 @@ class SharpnessAware(keras.Model):
                 ops.cond(finite, update, lambda: None)
                 if skips_non_finite:
                     self.optimizer.apply(grads, self.trainable_variables)
-                return self._update_metrics(step)
+                return self._update_metrics(step, finite)
 
         def test_step(self, data):
             return self._without_step_statistics(super().test_step(data))
 
     def _without_step_statistics(self, logs):
-        return {k: v for k, v in logs.items() if k not in self._statistic_names}
+        names = (*self._statistic_names, "skipped_steps")
+        return {k: v for k, v in logs.items() if k not in names}
 
     # ------------------------------------------------------------- saving
 

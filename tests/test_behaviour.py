@@ -118,9 +118,13 @@ def test_non_finite_batch_never_reaches_the_weights(name):
     x3, y3 = np.concatenate([x[:8], poisoned[8:12], x[12:]]), y
 
     model, _ = make_mlp()
-    _compiled(CONSTRUCTORS[name](model), keras.optimizers.Adam(0.05)).fit(
+    history = _compiled(CONSTRUCTORS[name](model), keras.optimizers.Adam(0.05)).fit(
         x3, y3, batch_size=4, epochs=1, shuffle=False, verbose=0
     )
+    assert history.history["skipped_steps"] == [1.0]
+    statistics = {k: v for k, v in history.history.items()
+                  if k not in ("loss", "accuracy", "skipped_steps")}
+    assert statistics and all(np.isfinite(v).all() for v in statistics.values()), statistics
     clean_model, _ = make_mlp()
     keep = np.r_[0:8, 12:16]
     _compiled(CONSTRUCTORS[name](clean_model), keras.optimizers.Adam(0.05)).fit(
@@ -157,8 +161,9 @@ def test_history_has_clean_metrics_and_step_statistics():
         x, y, validation_data=(x, y), epochs=2, batch_size=16, verbose=0
     )
     assert sorted(history.history) == [
-        "accuracy", "grad_norm", "loss", "radius", "val_accuracy", "val_loss"
+        "accuracy", "grad_norm", "loss", "radius", "skipped_steps", "val_accuracy", "val_loss"
     ]
+    assert history.history["skipped_steps"] == [0.0, 0.0]
     # With one batch per epoch, the logged loss is the clean loss before the update.
     model2, initial = make_mlp()
     clean_loss = reference.mlp_loss_and_grads(initial, x, y)[0]

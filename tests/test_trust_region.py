@@ -305,7 +305,9 @@ def test_asam_with_a_penalty_composes_without_new_code():
         penalty=keras_tram.penalty.Penalty(keras_tram.trust_region.PreviousWeights(), 2.0),
     )
     history = _fit_full_batch(wrapped, x, y, steps=2, learning_rate=0.5)
-    assert sorted(history) == ["divergence", "grad_norm", "loss", "penalty", "radius"]
+    assert sorted(history) == [
+        "divergence", "grad_norm", "loss", "penalty", "radius", "skipped_steps"
+    ]
     # Closed form: ASAM on L + 2·KL(θ_{t-1} ‖ θ), full batch.
     weights = [np.array(w, np.float64) for w in initial]
     previous = weights
@@ -442,3 +444,51 @@ def test_unbuilt_subclassed_model(variant):
     expected, divergences = reference.train_tram(initial, x, y, STEPS, 1.0, variant)
     np.testing.assert_allclose(history["divergence"], divergences, rtol=2e-3, atol=1e-7)
     _assert_weights(model, expected)
+
+
+def _state(wrapped):
+    """Everything a step may change: weights, the wrapper's references and
+    seeds, and the optimizer's slots and step counter."""
+    variables = (wrapped.model.weights + wrapped.non_trainable_variables
+                 + wrapped.optimizer.variables)
+    return [keras.ops.convert_to_numpy(v) for v in variables]
+
+
+@pytest.mark.parametrize("name", sorted(ALL_METHODS))
+def test_a_non_finite_batch_changes_nothing_and_is_counted(name):
+    """Training through a NaN batch ends exactly where training without it does:
+    weights, reference copies, noise seeds and optimizer state."""
+    x, y, _ = make_data()
+    poisoned = x.copy()
+    poisoned[8:12, 0] = np.nan  # the third of four batches
+    runs = []
+    for inputs, labels in ((poisoned, y), (np.delete(x, np.s_[8:12], 0),
+                                           np.delete(y, np.s_[8:12]))):
+        keras.utils.set_random_seed(0)  # the same noise seeds in both runs
+        model, _ = make_mlp()
+        wrapped = ALL_METHODS[name](model)
+        wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+        history = wrapped.fit(inputs, labels, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        runs.append((history.history, _state(wrapped)))
+    (poisoned_history, poisoned_state), (clean_history, clean_state) = runs
+    assert poisoned_history["skipped_steps"] == [1.0, 1.0]
+    assert clean_history["skipped_steps"] == [0.0, 0.0]
+    for name_, values in poisoned_history.items():
+        if name_ not in ("loss", "accuracy"):
+            assert np.isfinite(values).all(), (name_, values)
+    for actual, want in zip(poisoned_state, clean_state):
+        np.testing.assert_allclose(actual, want, rtol=1e-6, atol=1e-7)
+
+
+def test_an_overflowing_perturbation_is_skipped():
+    """A finite first gradient whose perturbed pass overflows: the second
+    gradient is not finite, the step is skipped and counted, and no
+    non-finite value reaches the weights."""
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    wrapped = keras_tram.SAM(model, rho=3e38)  # near float32.max: θ + ε overflows
+    wrapped.compile(optimizer=keras.optimizers.SGD(0.1), loss=cross_entropy())
+    history = wrapped.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    assert history.history["skipped_steps"][0] >= 1
+    assert np.isfinite(history.history["grad_norm"]).all()
+    assert all(np.isfinite(w).all() for w in model.get_weights())

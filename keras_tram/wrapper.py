@@ -293,7 +293,7 @@ class SharpnessAware(keras.Model):
             ops.shape(tensor), stddev=stddev, dtype=tensor.dtype,
             seed=self.noise_seed_generator,
         )
-        return tensor + z
+        return ops.add(tensor, z)  # `tensor` may still be a NumPy array (torch, eager)
 
     def _noise_layer(self, noise):
         """The layer whose output `noise` goes on, or None for float inputs."""

@@ -1,0 +1,85 @@
+"""Random constructor arguments, valid and not: valid ones train without NaN,
+invalid ones raise ValueError/TypeError naming the argument."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from conftest import cross_entropy
+from conftest import make_data
+from conftest import make_mlp
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+import keras_tram
+from keras_tram.trust_region import DIVERGENCES
+
+NON_NEGATIVE = st.floats(0.0, 2.0)
+BAD_NUMBER = st.one_of(
+    st.floats(max_value=-1e-9), st.just(math.nan), st.just(math.inf), st.just(-math.inf),
+    st.text(max_size=3), st.just(True), st.just([0.1]),
+)
+NUMBER = (NON_NEGATIVE, BAD_NUMBER)
+UNIT = (st.floats(0.0, 1.0), st.one_of(BAD_NUMBER, st.floats(1.0, 10.0, exclude_min=True)))
+OPTIONAL_NUMBER = (st.one_of(st.none(), NON_NEGATIVE), BAD_NUMBER)
+DIVERGENCE = (st.sampled_from(DIVERGENCES), st.sampled_from(["js", "KL", "", "l2"]))
+TRUST_REGION = {"eta": NUMBER, "radius_scale": NUMBER, "max_radius": OPTIONAL_NUMBER,
+                "divergence": DIVERGENCE}
+
+# Each method, its fixed arguments and what may be drawn for the others.
+METHODS = {
+    "SAM": (keras_tram.SAM, {}, {"rho": NUMBER}),
+    "ASAM": (keras_tram.ASAM, {}, {"rho": NUMBER, "eta": NUMBER}),
+    "FSAM": (keras_tram.FSAM, {}, {"rho": NUMBER, "eta": NUMBER}),
+    "TRAM-previous_step": (keras_tram.TRAM, {"variant": "previous_step"}, TRUST_REGION),
+    "TRAM-pretrained": (keras_tram.TRAM, {"variant": "pretrained"}, TRUST_REGION),
+    "TRAM-input_noise": (keras_tram.TRAM, {"variant": "input_noise"},
+                         {**TRUST_REGION, "noise_stddev": NUMBER}),
+    "TRAM-fisher": (keras_tram.TRAM, {"variant": "fisher"},
+                    {"rho": NUMBER, "eta": NUMBER, "noise_stddev": NUMBER}),
+    "TRPO": (keras_tram.TRPO, {}, {"weight": NUMBER, "divergence": DIVERGENCE}),
+    "R3F": (keras_tram.R3F, {}, {"noise_stddev": NUMBER, "weight": NUMBER,
+                                 "divergence": DIVERGENCE}),
+    "MESA": (keras_tram.MESA, {}, {"decay": UNIT, "weight": NUMBER,
+                                   "divergence": DIVERGENCE}),
+}
+
+
+@st.composite
+def configurations(draw):
+    """`(method, constructor, arguments, names of the invalid ones)`."""
+    method = draw(st.sampled_from(sorted(METHODS)))
+    constructor, fixed, drawable = METHODS[method]
+    arguments, invalid = dict(fixed), []
+    for name, (good, bad) in drawable.items():
+        choice = draw(st.sampled_from(["default", "valid", "valid", "invalid"]))
+        if choice == "valid":
+            arguments[name] = draw(good)
+        elif choice == "invalid":
+            arguments[name] = draw(bad)
+            invalid.append(name)
+    return method, constructor, arguments, invalid
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(configurations())
+def test_random_configurations(configuration):
+    method, constructor, arguments, invalid = configuration
+    keras.backend.clear_session()
+    model, _ = make_mlp()
+    if invalid:
+        with pytest.raises((ValueError, TypeError)) as error:
+            constructor(model, **arguments)
+        assert any(f"`{name}`" in str(error.value) for name in invalid), (
+            method, arguments, str(error.value))
+        return
+    wrapped = constructor(model, **arguments)
+    wrapped.compile(optimizer=keras.optimizers.SGD(0.1), loss=cross_entropy(),
+                    run_eagerly=True)
+    x, y, _ = make_data()
+    for _ in range(2):
+        logs = wrapped.train_on_batch(x, y, return_dict=True)
+    assert all(np.isfinite(w).all() for w in model.get_weights()), (method, arguments)
+    assert logs["skipped_steps"] == 0, (method, arguments, logs)

@@ -49,24 +49,41 @@ def asam_epsilon(grads, weights, rho, eta):
     return [rho * ti**2 * g / norm for ti, g in zip(t, grads)]
 
 
-def train_sgd(weights, batches, epsilon_fn, learning_rates, l2=0.0, dropout=None):
+def train_sgd(weights, batches, epsilon_fn, learning_rates, l2=0.0, dropout=None,
+              clip=None, accumulate=1):
     """Sharpness-aware SGD over `batches` of `(x, y, sample_weight)`.
 
-    `learning_rates` is one number, or one per batch. Both gradients of a step
-    see the same `dropout` mask. Returns the final weights and, per step, the
-    clean gradient norm.
+    `learning_rates` is one number, or one per update. Both gradients of a
+    step see the same `dropout` mask. `clip` maps the descent gradient before
+    the update; with `accumulate` > 1 the descent gradients of that many
+    batches, each taken at the same weights, are averaged into one update.
+    Returns the final weights and, per batch, the clean gradient norm.
     """
     weights = [np.array(w, dtype=np.float64) for w in weights]
-    learning_rates = np.broadcast_to(learning_rates, (len(batches),))
-    grad_norms = []
-    for (x, y, sample_weight), lr in zip(batches, learning_rates):
+    learning_rates = np.broadcast_to(learning_rates, (len(batches) // accumulate,))
+    grad_norms, pending = [], []
+    for index, (x, y, sample_weight) in enumerate(batches):
         _, grads = mlp_loss_and_grads(weights, x, y, sample_weight, l2, dropout)
         grad_norms.append(global_norm(grads))
         eps = epsilon_fn(grads, weights)
         perturbed = [w + e for w, e in zip(weights, eps)]
         _, descent = mlp_loss_and_grads(perturbed, x, y, sample_weight, l2, dropout)
-        weights = [w - lr * g for w, g in zip(weights, descent)]
+        pending.append(descent)
+        if len(pending) == accumulate:
+            descent = [np.mean(parts, axis=0) for parts in zip(*pending)]
+            descent = clip(descent) if clip else descent
+            lr = learning_rates[index // accumulate]
+            weights = [w - lr * g for w, g in zip(weights, descent)]
+            pending = []
     return weights, grad_norms
+
+
+def clip_global_norm(tensors, limit):
+    return [t * min(1.0, limit / global_norm(tensors)) for t in tensors]
+
+
+def clip_each_norm(tensors, limit):
+    return [t * min(1.0, limit / global_norm([t])) for t in tensors]
 
 
 # ---------------------------------------------------------------- trust region

@@ -132,3 +132,48 @@ def test_epsilon_closed_form():
         )
         for a, want in zip(actual, closed_form(grads, weights)):
             np.testing.assert_allclose(keras.ops.convert_to_numpy(a), want, rtol=1e-5, atol=1e-7)
+
+
+CLIPPING = {
+    "global_clipnorm": lambda grads: reference.clip_global_norm(grads, 0.05),
+    "clipnorm": lambda grads: reference.clip_each_norm(grads, 0.05),
+}
+
+
+@pytest.mark.parametrize("clipping", sorted(CLIPPING))
+@pytest.mark.parametrize("method", ["sam", "asam"])
+def test_clipping_acts_on_the_descent_gradient(method, clipping):
+    """`clipnorm` / `global_clipnorm` of the optimizer clip the gradient it
+    applies (the one at θ + ε), not the one that shapes ε."""
+    wrap, epsilon = METHODS[method]
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    wrapped = wrap(model)
+    wrapped.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, **{clipping: 0.05}),
+                    loss=cross_entropy())
+    wrapped.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    batches = [(x[i:i + 8], y[i:i + 8], None) for _ in range(2) for i in (0, 8)]
+    expected, _ = reference.train_sgd(initial, batches, epsilon, LEARNING_RATE,
+                                      clip=CLIPPING[clipping])
+    unclipped, _ = reference.train_sgd(initial, batches, epsilon, LEARNING_RATE)
+    assert not np.allclose(expected[0], unclipped[0], atol=1e-4)  # the clip bites
+    _assert_weights(model, expected)
+
+
+@pytest.mark.parametrize("method", ["sam", "asam"])
+def test_gradient_accumulation_averages_the_descent_gradients(method):
+    """With `gradient_accumulation_steps=2` each batch is perturbed at the
+    weights of the last update, and the two descent gradients are averaged
+    into one update."""
+    wrap, epsilon = METHODS[method]
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    wrapped = wrap(model)
+    wrapped.compile(
+        optimizer=keras.optimizers.SGD(LEARNING_RATE, gradient_accumulation_steps=2),
+        loss=cross_entropy(),
+    )
+    wrapped.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    batches = [(x[i:i + 4], y[i:i + 4], None) for _ in range(2) for i in range(0, 16, 4)]
+    expected, _ = reference.train_sgd(initial, batches, epsilon, LEARNING_RATE, accumulate=2)
+    _assert_weights(model, expected)

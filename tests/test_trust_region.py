@@ -492,3 +492,75 @@ def test_an_overflowing_perturbation_is_skipped():
     assert history.history["skipped_steps"][0] >= 1
     assert np.isfinite(history.history["grad_norm"]).all()
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stops the process-like run at the end of an epoch, as a crash would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+@pytest.mark.parametrize("name", sorted(ALL_METHODS))
+def test_backup_and_restore_resumes_exactly(name, tmp_path):
+    """A run interrupted after epoch 2 and resumed by `BackupAndRestore` in a
+    new model ends with the weights, references, seeds and optimizer state of
+    an uninterrupted run."""
+    x, y, _ = make_data()
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        model, _ = make_mlp(dropout=0.2)
+        wrapped = ALL_METHODS[name](model)
+        wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+        return wrapped
+
+    def fit(wrapped, callbacks=()):
+        return wrapped.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0,
+                           callbacks=list(callbacks))
+
+    uninterrupted = fresh()
+    fit(uninterrupted)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(fresh(), [backup, _Interrupt(epoch=1)])
+    resumed = fresh()
+    history = fit(resumed, [keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+    assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
+    for actual, want in zip(_state(resumed), _state(uninterrupted)):
+        np.testing.assert_allclose(actual, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("name", sorted(ALL_METHODS))
+def test_mixed_precision_stays_close_to_float32(name, policy):
+    """Norms, radii and divergences are taken in float32 and loss scaling is
+    undone first, so a mixed-precision run follows the float32 one."""
+    x, y, _ = make_data()
+    results = []
+    for run_policy in ("float32", policy):
+        keras.mixed_precision.set_global_policy(run_policy)
+        keras.utils.set_random_seed(0)
+        model, initial = make_mlp()
+        wrapped = ALL_METHODS[name](model)
+        wrapped.compile(optimizer=keras.optimizers.SGD(0.1), loss=cross_entropy())
+        history = wrapped.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        results.append((history.history, model.get_weights()))
+    keras.mixed_precision.set_global_policy("float32")
+    (reference_history, reference_weights), (history, weights) = results
+    if policy == "mixed_float16":
+        assert isinstance(wrapped.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert history["skipped_steps"] == [0.0, 0.0]
+    tolerance = 2e-2 if policy == "mixed_bfloat16" else 5e-3  # bfloat16 keeps 8 bits
+    for key in ("grad_norm", "radius", "divergence", "penalty"):
+        if key in history:
+            np.testing.assert_allclose(history[key], reference_history[key],
+                                       rtol=10 * tolerance, atol=tolerance)
+    for actual, want in zip(weights, reference_weights):
+        assert actual.dtype == np.float32
+        np.testing.assert_allclose(actual, want, rtol=tolerance, atol=tolerance)

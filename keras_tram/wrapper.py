@@ -402,8 +402,30 @@ class SharpnessAware(keras.Model):
         with keras.StatelessScope(state_mapping=mapping):
             return ops.cast(self.optimizer.scale_loss(one), "float32")
 
+    def _applies_update(self, optimizer_variables=None):
+        """Whether the optimizer changes the weights this step: False on the
+        accumulating steps of `gradient_accumulation_steps`."""
+        steps = getattr(self.optimizer, "gradient_accumulation_steps", None)
+        if not steps or steps <= 1:
+            return True
+
+        def read():
+            # `iterations` counts updates when accumulating; Keras decides
+            # with its micro-step counter, as here.
+            micro_steps = getattr(self.optimizer, "_iterations", None)
+            if micro_steps is None:
+                micro_steps = self.optimizer.iterations
+            return ops.equal(ops.mod(micro_steps + 1, steps), 0)
+
+        if optimizer_variables is None:
+            return read()
+        mapping = list(zip(self.optimizer.variables, optimizer_variables))
+        with keras.StatelessScope(state_mapping=mapping):
+            return read()
+
     def _sharpness_aware_step(
-        self, weights, non_trainable, metrics, x, y, sample_weight, loss_scale
+        self, weights, non_trainable, metrics, x, y, sample_weight, loss_scale,
+        applies_update=True,
     ):
         """The method, written once and stateless.
 
@@ -416,6 +438,7 @@ class SharpnessAware(keras.Model):
         """
         object.__setattr__(self, "_inputs_are_float", _has_float(x))
         step = Step(self, x, y, sample_weight, weights, non_trainable)
+        step.applies_update = applies_update
 
         def grad_fn(w, noise=None):
             return _backend.value_and_grad(
@@ -455,6 +478,10 @@ class SharpnessAware(keras.Model):
         updates = {}
         for component in self._stateful_components():
             for variable, value in component.update(step):
+                if step.applies_update is not True:
+                    # References follow the optimizer's updates, not its
+                    # accumulating micro-batches.
+                    value = ops.where(step.applies_update, value, step.value_of(variable))
                 updates[id(variable)] = value
         if self.uses_noise:
             state = self.noise_seed_generator.state
@@ -509,6 +536,7 @@ class SharpnessAware(keras.Model):
                 y,
                 sample_weight,
                 self._loss_scale(optimizer_values),
+                self._applies_update(optimizer_values),
             )
             mapping = list(zip(self.metrics_variables, step.new_metrics))
             with keras.StatelessScope(state_mapping=mapping) as scope:
@@ -545,6 +573,7 @@ class SharpnessAware(keras.Model):
                 y,
                 sample_weight,
                 self._loss_scale(),
+                self._applies_update(),
             )
             with _backend.no_grad():
                 # State first: on torch the step's values are views of the

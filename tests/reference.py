@@ -124,12 +124,18 @@ def fsam_epsilon(grads, weights, rho, eta):
     return [rho * d * g / norm for d, g in zip(inverse, grads)]
 
 
-def train_tram(weights, x, y, steps, learning_rate, variant, scale=1.0, max_radius=None):
-    """Full-batch TRAM-θ_{t-1} / TRAM-θ_0 with SGD; returns weights and d per step."""
+def train_tram(weights, x, y, steps, learning_rate, variant, scale=1.0, max_radius=None,
+               accumulate=1):
+    """Full-batch TRAM-θ_{t-1} / TRAM-θ_0 with SGD; returns weights and d per step.
+
+    With `accumulate` > 1, the descent gradients of that many steps are
+    averaged into one update, and θ_{t-1} is the weights before the last
+    update (the reference moves with the updates, not with the micro-steps).
+    """
     weights = [np.array(w, dtype=np.float64) for w in weights]
     initial = [w.copy() for w in weights]
     reference = initial
-    divergences = []
+    divergences, pending = [], []
     for _ in range(steps):
         _, grads = mlp_loss_and_grads(weights, x, y)
         d = kl(mlp_logits(reference, x), mlp_logits(weights, x))
@@ -137,6 +143,11 @@ def train_tram(weights, x, y, steps, learning_rate, variant, scale=1.0, max_radi
         radius = scale * d if max_radius is None else min(scale * d, max_radius)
         eps = asam_epsilon(grads, weights, radius, 0.0)
         _, descent = mlp_loss_and_grads([w + e for w, e in zip(weights, eps)], x, y)
+        pending.append(descent)
+        if len(pending) < accumulate:
+            continue
+        descent = [np.mean(parts, axis=0) for parts in zip(*pending)]
+        pending = []
         previous = weights
         weights = [w - learning_rate * g for w, g in zip(weights, descent)]
         reference = previous if variant == "previous_step" else initial

@@ -564,3 +564,21 @@ def test_mixed_precision_stays_close_to_float32(name, policy):
     for actual, want in zip(weights, reference_weights):
         assert actual.dtype == np.float32
         np.testing.assert_allclose(actual, want, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("variant", ["previous_step", "pretrained"])
+def test_tram_with_gradient_accumulation_matches_closed_form(variant):
+    """θ_{t-1} is the weights before the last update, not before the last
+    accumulating micro-step (where the weights did not move and d would be 0)."""
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    wrapped = keras_tram.TRAM(model, variant=variant, radius_scale=30.0)
+    wrapped.compile(optimizer=keras.optimizers.SGD(1.0, gradient_accumulation_steps=2),
+                    loss=cross_entropy())
+    history = wrapped.fit(x, y, batch_size=len(x), epochs=6, shuffle=False, verbose=0).history
+    weights, divergences = reference.train_tram(
+        initial, x, y, 6, 1.0, variant, scale=30.0, accumulate=2
+    )
+    np.testing.assert_allclose(history["divergence"], divergences, rtol=1e-4, atol=1e-7)
+    assert all(d > 0 for d in divergences[2:])
+    _assert_weights(model, weights)

@@ -120,3 +120,84 @@ def all_equal(tensors, others):
         return torch.tensor(equal, device=tensors[0].device if tensors else None)
     flags = [keras.ops.all(keras.ops.equal(a, b)) for a, b in zip(tensors, others)]
     return keras.ops.all(keras.ops.stack(flags))
+
+
+def _replica_context():
+    """The `tf.distribute` replica context of a step run by a strategy with
+    several replicas, else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return None
+    return context
+
+
+def replica_sum(values):
+    """`values` (a list of tensors) summed over the replicas of a `tf.distribute`
+    step; unchanged elsewhere (a JAX `keras.distribution` step already sees
+    the global batch, torch has one replica)."""
+    context = _replica_context()
+    if context is None or not values:
+        return list(values)
+    import tensorflow as tf
+
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, list(values))
+
+
+def replica_count():
+    """How many replicas split the batch: those of a `tf.distribute` step, or
+    the devices along the batch axis of a JAX `keras.distribution`."""
+    context = _replica_context()
+    if context is not None:
+        return context.num_replicas_in_sync
+    if keras.backend.backend() == "jax":
+        distribution = keras.distribution.distribution()
+        name = getattr(distribution, "batch_dim_name", None)
+        if name is not None:
+            mesh = distribution.device_mesh
+            return mesh.shape[mesh.axis_names.index(name)]
+    return 1
+
+
+def replica_index():
+    """This replica's index among those of a `tf.distribute` step (0 elsewhere)."""
+    context = _replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
+
+
+def splits_batch_across_replicas():
+    """Whether each replica computes on its own part of the batch (the step
+    runs once per replica, as under `tf.distribute`)."""
+    return _replica_context() is not None
+
+
+def merge_call_needed():
+    """Whether optimizer updates in this step synchronise replicas through
+    `merge_call`, which may not sit inside a replica's `cond`."""
+    if _replica_context() is None:
+        return False
+    import tensorflow as tf
+
+    return not tf.__internal__.distribute.strategy_supports_no_merge_call()
+
+
+def apply_across_replicas(finite, apply, *values):
+    """Runs `apply(*values)` on every replica if `finite` (the same on every
+    replica), from the cross-replica context, where a `cond` may synchronise
+    replicas (TensorFlow's `merge_call`)."""
+    import tensorflow as tf
+
+    def merged(strategy, finite, *values):
+        finite = strategy.experimental_local_results(finite)[0]
+        keras.ops.cond(
+            finite,
+            lambda: strategy.extended.call_for_each_replica(apply, args=values),
+            lambda: None,
+        )
+
+    tf.distribute.get_replica_context().merge_call(merged, args=(finite, *values))

@@ -52,3 +52,15 @@ def check_choice(name, value, choices):
             f"received {value!r}."
         )
     return value
+
+
+def check_positive_int(name, value):
+    """Returns `value`, or raises if it is not an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be an integer >= 1; received {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    if value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1; received {value!r}.")
+    return int(value)

@@ -35,9 +35,11 @@ class Penalty(trust_region.Distance):
         self.weight = check_non_negative("weight", weight)
 
     def __call__(self, step, weights, y_pred):
-        """Returns `(d, weight · d)` for predictions `y_pred` at `weights`."""
-        d = self.measure(step, weights, y_pred)
-        return d, self.weight * d
+        """Returns `(d, weight · share)` for predictions `y_pred` at `weights`:
+        `d` over the whole batch, and the penalty on this replica's share of
+        it (the whole `d` on one device)."""
+        share, d = self.measure(step, weights, y_pred)
+        return d, self.weight * share
 
     def get_config(self):
         return {**super().get_config(), "weight": self.weight}

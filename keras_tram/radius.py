@@ -67,7 +67,8 @@ class TrustRegion(trust_region.Distance, Radius):
         )
 
     def __call__(self, step):
-        d = ops.stop_gradient(self.measure(step, step.weights, step.y_pred))
+        _, d = self.measure(step, step.weights, step.y_pred, step.perturbation_sum)
+        d = ops.stop_gradient(d)
         step.statistics["divergence"] = d
         radius = self.radius_scale * d
         if self.max_radius is not None:

@@ -50,8 +50,15 @@ def divergence(reference, current, kind="kl", sample_weight=None, from_logits=Tr
 
     Returns:
         The per-position divergence summed over classes, averaged over
-        examples (and positions), as a float32 scalar.
+        examples (and positions), as a float32 scalar; 0 for an empty batch.
     """
+    total, count = divergence_sums(reference, current, kind, sample_weight, from_logits)
+    return _ratio(total, count)
+
+
+def divergence_sums(reference, current, kind="kl", sample_weight=None, from_logits=True):
+    """`(Σ w·KL, Σ w)` over the positions of a batch: `divergence` before its
+    division, so that parts of a batch (replicas, chunks) add up exactly."""
     check_choice("divergence", kind, DIVERGENCES)
     log_p = _log_probabilities(reference, from_logits)
     log_q = _log_probabilities(current, from_logits)
@@ -63,15 +70,17 @@ def divergence(reference, current, kind="kl", sample_weight=None, from_logits=Tr
         pointwise = (ops.exp(log_p) - ops.exp(log_q)) * (log_p - log_q)
     per_position = ops.sum(pointwise, axis=-1)
     if sample_weight is None:
-        return ops.mean(per_position)
+        return ops.sum(per_position), ops.cast(ops.size(per_position), "float32")
     weight = ops.cast(sample_weight, "float32")
     while len(weight.shape) < len(per_position.shape):
         weight = ops.expand_dims(weight, -1)
     weight = ops.broadcast_to(weight, ops.shape(per_position))
-    total = ops.sum(weight)
-    return ops.where(
-        total > 0, ops.sum(weight * per_position) / ops.where(total > 0, total, 1.0), 0.0
-    )
+    return ops.sum(weight * per_position), ops.sum(weight)
+
+
+def _ratio(total, count):
+    positive = count > 0
+    return ops.where(positive, total / ops.where(positive, count, 1.0), 0.0)
 
 
 def select_logits(outputs, key="logits"):
@@ -140,18 +149,30 @@ class Distance(Component):
     def uses_noise(self):
         return self.reference.uses_noise
 
-    def measure(self, step, weights, current):
-        """`d` for predictions `current` at `weights`; exactly 0 where the
-        reference is the current model."""
-        d = divergence(
+    def measure(self, step, weights, current, replica_sum=_backend.replica_sum):
+        """`d` for predictions `current` at `weights`, exactly 0 where the
+        reference is the current model, as `(share, d)`.
+
+        `d` is measured over the batch of every replica (`replica_sum` adds
+        up the replicas' sums; pass an identity for one replica's own `d`).
+        `share` is this replica's part of it, the one to differentiate: the
+        replicas' shares add up to `d`, as their gradients do.
+        """
+        total, count = divergence_sums(
             select_logits(self.reference.predictions(step, weights), self.output_key),
             select_logits(current, self.output_key),
             self.divergence,
             step.sample_weight,
             self.from_logits,
         )
+        (count,) = replica_sum([count])
+        share = _ratio(total, count)
+        (summed,) = replica_sum([ops.stop_gradient(total)])
+        d = _ratio(summed, count)
         is_current = self.reference.is_current(step, weights)
-        return d if is_current is None else ops.where(is_current, 0.0, d)
+        if is_current is None:
+            return share, d
+        return ops.where(is_current, 0.0, share), ops.where(is_current, 0.0, d)
 
     def get_config(self):
         return {

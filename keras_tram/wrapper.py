@@ -12,8 +12,10 @@ from keras_tram import geometry as geometry_lib
 from keras_tram import penalty as penalty_lib
 from keras_tram import radius as radius_lib
 from keras_tram import trust_region
+from keras_tram._validation import check_choice
 from keras_tram._validation import check_instance
 from keras_tram._validation import check_model
+from keras_tram._validation import check_positive_int
 
 try:
     from keras.src.losses.loss import unscale_loss_for_distribution
@@ -21,6 +23,8 @@ except ImportError:  # Keras versions without distribution-aware loss scaling
     unscale_loss_for_distribution = lambda loss: loss  # noqa: E731
 
 _JAX = keras.backend.backend() == "jax"
+
+PERTURBATION_SCOPES = ("global", "per_replica")
 
 
 class Step:
@@ -34,6 +38,9 @@ class Step:
         grads: the clean gradient `g` in float32, loss scaling undone.
         grad_norm: its global L2 norm.
         statistics: values to log this step, by name.
+        perturbation_sum: adds up values over the replicas that share a
+            perturbation (all of them with `perturbation_scope="global"`,
+            none with `"per_replica"`).
     """
 
     def __init__(self, wrapper, x, y, sample_weight, weights, non_trainable):
@@ -41,6 +48,7 @@ class Step:
         self.weights = weights
         self.non_trainable = non_trainable
         self.statistics = {}
+        self.perturbation_sum = wrapper._perturbation_sum
         self._wrapper = wrapper
         self._index = None
 
@@ -89,6 +97,20 @@ class SharpnessAware(keras.Model):
         ascent_noise: an optional `keras_tram.trust_region.NoisedInputs`: the
             first gradient, the one that shapes `ε`, is then taken on noised
             inputs (TRAM-Fisher); its loss and metrics are the ones logged.
+        perturbation_scope: on several devices, `"global"` (default) sums the
+            gradient and the divergence over the replicas before perturbing,
+            so every replica takes the perturbation of the global batch and
+            the weights are those of one device; `"per_replica"` lets each
+            replica perturb from its own part of the batch (the original
+            SAM's m-sharpness), which saves one all-reduce per step.
+        perturbation_chunks: an integer >= 1: split each (per-replica) batch
+            into this many consecutive parts, each perturbed from its own
+            gradient and radius; the descent gradient is their size-weighted
+            mean. Costs no extra gradient work, but smaller batches per pass.
+
+    The named methods (`SAM`, `TRAM`, ...) take `perturbation_scope` and
+    `perturbation_chunks` as keywords too; the methods without a
+    perturbation (TRPO, R3F, MESA) ignore them.
 
     Example:
 
@@ -105,7 +127,8 @@ class SharpnessAware(keras.Model):
     """
 
     def __init__(self, model, geometry=None, radius=None, penalty=None,
-                 ascent_noise=None, **kwargs):
+                 ascent_noise=None, perturbation_scope="global", perturbation_chunks=1,
+                 **kwargs):
         super().__init__(**kwargs)
         self.model = check_model(model)
         _backend.seed_dropout(model)
@@ -129,11 +152,18 @@ class SharpnessAware(keras.Model):
             raise ValueError(
                 "Nothing to do: pass a `geometry` and `radius`, a `penalty`, or both."
             )
+        self.perturbation_scope = check_choice(
+            "perturbation_scope", perturbation_scope, PERTURBATION_SCOPES
+        )
+        self.perturbation_chunks = check_positive_int(
+            "perturbation_chunks", perturbation_chunks
+        )
         self.geometry = geometry
         self.radius = radius
         self.penalty = penalty
         self.ascent_noise = ascent_noise
         self._active_noise = None
+        self._noise_rows = None
         self._inputs_are_float = True
         self.uses_noise = ascent_noise is not None or any(
             c.uses_noise for c in self._stateful_components()
@@ -289,10 +319,20 @@ class SharpnessAware(keras.Model):
     # ---------------------------------------------------------------- noise
 
     def _add_noise(self, tensor, stddev):
+        # The noise is drawn for the whole batch (of every replica), and each
+        # part of it (chunk, replica) takes its own rows: splitting a batch
+        # changes no example's noise.
+        size = ops.shape(tensor)[0]
+        start, total = self._noise_rows or (0, size)
+        if _backend.splits_batch_across_replicas():
+            start = start + _backend.replica_index() * total
+            total = total * _backend.replica_count()
         z = keras.random.normal(
-            ops.shape(tensor), stddev=stddev, dtype=tensor.dtype,
+            (total, *ops.shape(tensor)[1:]), stddev=stddev, dtype=tensor.dtype,
             seed=self.noise_seed_generator,
         )
+        if total is not size:
+            z = z[start:start + size]
         return ops.add(tensor, z)  # `tensor` may still be a NumPy array (torch, eager)
 
     def _noise_layer(self, noise):
@@ -386,7 +426,9 @@ class SharpnessAware(keras.Model):
         objective, statistics = loss, {}
         if self.penalty is not None:
             d, penalty = self.penalty(step, weights, y_pred)
-            statistics = {self._penalty_divergence_name: d, "penalty": penalty}
+            statistics = {
+                self._penalty_divergence_name: d, "penalty": self.penalty.weight * d,
+            }
             objective = loss + ops.cast(penalty, loss.dtype)
         scaled = objective * ops.cast(loss_scale, objective.dtype)
         return scaled, (loss, y_pred, non_trainable, metrics, statistics)
@@ -431,38 +473,37 @@ class SharpnessAware(keras.Model):
 
         Returns `(descent_grads, finite, step)`: the gradient to apply at
         `weights` (still loss-scaled, as the optimizer expects), whether every
-        gradient, radius and divergence is finite, and the `Step`, which
-        carries the clean pass's loss, predictions, statistics, and the new
-        non-trainable (`step.new_non_trainable`) and metric
+        gradient, radius and divergence is finite (on every replica), and the
+        `Step`, which carries the clean pass's loss, predictions, statistics,
+        and the new non-trainable (`step.new_non_trainable`) and metric
         (`step.new_metrics`) values.
         """
         object.__setattr__(self, "_inputs_are_float", _has_float(x))
-        step = Step(self, x, y, sample_weight, weights, non_trainable)
-        step.applies_update = applies_update
-
-        def grad_fn(w, noise=None):
-            return _backend.value_and_grad(
-                lambda w: self._loss(w, step, metrics, loss_scale, noise)
-            )(w)
-
-        (_, aux), scaled_grads = grad_fn(weights, self.ascent_noise)
-        step.loss, y_pred, step.new_non_trainable, step.new_metrics, penalty_stats = aux
-        step.statistics.update(penalty_stats)
-        step.y_pred = keras.tree.map_structure(ops.stop_gradient, y_pred)
-        grads = geometry_lib.as_float32(scaled_grads)
-        if self._optimizer_scales_loss:
-            grads = [g / loss_scale for g in grads]
-        step.grads = grads
-        step.grad_norm = step.statistics["grad_norm"] = geometry_lib.global_norm(grads)
-
-        if self.geometry is None:
-            descent_grads = scaled_grads
+        chunks = self._chunk_count()
+        if chunks == 1:
+            parts = [(x, y, sample_weight, None, None)]
         else:
-            radius = ops.cast(self.radius(step), "float32")
-            step.statistics["radius"] = radius
-            epsilon = self.geometry.perturbation(grads, weights, radius, step.grad_norm)
-            perturbed = [w + ops.cast(e, w.dtype) for w, e in zip(weights, epsilon)]
-            _, descent_grads = grad_fn(perturbed)
+            parts = _split_batch(x, y, sample_weight, chunks)
+        steps, descent_grads = [], None
+        state = non_trainable
+        for part_x, part_y, part_weight, fraction, rows in parts:
+            step = Step(self, part_x, part_y, part_weight, weights, state)
+            object.__setattr__(self, "_noise_rows", rows)
+            try:
+                grads = self._part_step(step, metrics, loss_scale, fraction)
+            finally:
+                object.__setattr__(self, "_noise_rows", None)
+            descent_grads = grads if descent_grads is None else [
+                a + b for a, b in zip(descent_grads, grads)
+            ]
+            # The next part starts where this one left the model's state
+            # (BatchNorm statistics, dropout seeds), with the same noise seed.
+            state, metrics = self._keep_noise_seed(step.new_non_trainable, state), step.new_metrics
+            steps.append(step)
+        step = steps[0] if chunks == 1 else self._whole_batch(steps, parts, x, y, sample_weight)
+        step.non_trainable = non_trainable
+        step.applies_update = applies_update
+        step.new_non_trainable = self._with_state_updates(step, state)
 
         # One norm per gradient is a cheaper finiteness check than one per
         # element; a norm that overflows float32 also counts as non-finite.
@@ -470,11 +511,106 @@ class SharpnessAware(keras.Model):
             ops.cast(v, "float32") for v in step.statistics.values()
         ]
         finite = ops.all(ops.isfinite(ops.stack(checks)))
-        step.new_non_trainable = self._with_state_updates(step)
+        # Replicas skip or apply a step together.
+        (non_finite,) = _backend.replica_sum([1.0 - ops.cast(finite, "float32")])
+        finite = ops.equal(non_finite, 0.0)
         return descent_grads, finite, step
 
-    def _with_state_updates(self, step):
-        """The clean pass's non-trainable values, with the components' updates."""
+    def _part_step(self, step, metrics, loss_scale, fraction):
+        """The method on one part of the batch (all of it unless it is split
+        into chunks); returns that part's share of the descent gradient."""
+        objective_scale = loss_scale if fraction is None else loss_scale * fraction
+
+        def grad_fn(w, noise=None):
+            return _backend.value_and_grad(
+                lambda w: self._loss(w, step, metrics, objective_scale, noise)
+            )(w)
+
+        (_, aux), scaled_grads = grad_fn(step.weights, self.ascent_noise)
+        step.loss, y_pred, step.new_non_trainable, step.new_metrics, penalty_stats = aux
+        step.statistics.update(penalty_stats)
+        step.y_pred = keras.tree.map_structure(ops.stop_gradient, y_pred)
+        step.grads = grads = self._mean_gradient(scaled_grads, loss_scale, fraction)
+        step.grad_norm = step.statistics["grad_norm"] = geometry_lib.global_norm(grads)
+        if self.geometry is None:
+            return scaled_grads
+        radius = ops.cast(self.radius(step), "float32")
+        step.statistics["radius"] = radius
+        epsilon = self.geometry.perturbation(grads, step.weights, radius, step.grad_norm)
+        perturbed = [w + ops.cast(e, w.dtype) for w, e in zip(step.weights, epsilon)]
+        return grad_fn(perturbed)[1]
+
+    def _mean_gradient(self, scaled_grads, loss_scale, fraction):
+        """`g`, the gradient of the mean loss over the batch the perturbation
+        is for, in float32: loss scaling and the part's weight undone, and
+        summed over the replicas that share the perturbation."""
+        grads = geometry_lib.as_float32(scaled_grads)
+        unscale = loss_scale if self._optimizer_scales_loss else None
+        if fraction is not None:
+            unscale = fraction if unscale is None else unscale * fraction
+        if unscale is not None:
+            grads = [g / unscale for g in grads]
+        if not _backend.splits_batch_across_replicas():
+            return grads
+        if self.perturbation_scope == "global" and self.geometry is not None:
+            return _backend.replica_sum(grads)
+        # Each replica's loss is scaled by 1 / replicas so that the
+        # optimizer's sum of gradients is the mean; undo it for this
+        # replica's own mean. (Without a geometry `g` only gives the logged
+        # norm, which is then the replicas' mean norm: summing the gradient
+        # for a log would double the step's communication.)
+        replicas = float(_backend.replica_count())
+        return [g * replicas for g in grads]
+
+    def _perturbation_sum(self, values):
+        if self.perturbation_scope == "global":
+            return _backend.replica_sum(values)
+        return list(values)
+
+    def _chunk_count(self):
+        """How many parts of the batch get a perturbation of their own."""
+        chunks = self.perturbation_chunks
+        if self.geometry is None:
+            return 1
+        if self.perturbation_scope == "per_replica" and not (
+            _backend.splits_batch_across_replicas()
+        ):
+            # One step sees the global batch (JAX's keras.distribution):
+            # a replica's perturbation is a chunk's.
+            chunks *= _backend.replica_count()
+        return chunks
+
+    def _whole_batch(self, steps, parts, x, y, sample_weight):
+        """One `Step` for the whole batch from the steps on its parts: the
+        loss weighted by the parts' sizes, the predictions concatenated, the
+        statistics averaged over the parts."""
+        step = Step(self, x, y, sample_weight, steps[0].weights, None)
+        fractions = [ops.cast(part[3], "float32") for part in parts]
+        step.loss = sum(
+            ops.cast(f, part.loss.dtype) * part.loss for f, part in zip(fractions, steps)
+        )
+        step.y_pred = keras.tree.map_structure(
+            lambda *tensors: ops.concatenate(tensors, axis=0), *[s.y_pred for s in steps]
+        )
+        step.statistics = {
+            name: sum(ops.cast(s.statistics[name], "float32") for s in steps) / len(steps)
+            for name in steps[0].statistics
+        }
+        step.new_metrics = steps[-1].new_metrics
+        return step
+
+    def _keep_noise_seed(self, values, old_values):
+        if not self.uses_noise:
+            return values
+        seed = self.noise_seed_generator.state
+        return [
+            old if variable is seed else value
+            for variable, value, old in zip(self.non_trainable_variables, values, old_values)
+        ]
+
+    def _with_state_updates(self, step, state):
+        """`state` with the components' updates (references, moving averages)
+        and the input-noise seed moved on."""
         updates = {}
         for component in self._stateful_components():
             for variable, value in component.update(step):
@@ -484,13 +620,13 @@ class SharpnessAware(keras.Model):
                     value = ops.where(step.applies_update, value, step.value_of(variable))
                 updates[id(variable)] = value
         if self.uses_noise:
-            state = self.noise_seed_generator.state
-            with keras.StatelessScope(state_mapping=[(state, step.value_of(state))]) as scope:
+            seed = self.noise_seed_generator.state
+            with keras.StatelessScope(state_mapping=[(seed, step.value_of(seed))]) as scope:
                 self.noise_seed_generator.next()
-            updates[id(state)] = scope.get_current_value(state)
+            updates[id(seed)] = scope.get_current_value(seed)
         return [
             ops.cast(updates[id(v)], v.dtype) if id(v) in updates else value
-            for v, value in zip(self.non_trainable_variables, step.new_non_trainable)
+            for v, value in zip(self.non_trainable_variables, state)
         ]
 
     def _update_metrics(self, step, finite):
@@ -508,7 +644,11 @@ class SharpnessAware(keras.Model):
         for name in self._statistic_names:
             value = ops.where(finite, ops.cast(step.statistics[name], "float32"), 0.0)
             getattr(self, f"{name}_tracker").update_state(value, sample_weight=kept)
-        self.skipped_steps_tracker.update_state(1.0 - kept)
+        skipped = 1.0 - kept
+        if _backend.splits_batch_across_replicas():
+            # Every replica skips a step together; count it once.
+            skipped = skipped / float(_backend.replica_count())
+        self.skipped_steps_tracker.update_state(skipped)
         return self.compute_metrics(step.x, step.y, step.y_pred, step.sample_weight)
 
     @property
@@ -579,16 +719,26 @@ class SharpnessAware(keras.Model):
                 # State first: on torch the step's values are views of the
                 # weights, which the optimizer is about to change in place.
                 _assign_changed(self.metrics_variables, step.new_metrics, metrics)
-                skips_non_finite = self._optimizer_skips_non_finite
-
-                def update():
-                    _assign_changed(
+                changed = [
+                    (variable, new)
+                    for variable, new, old in zip(
                         self.non_trainable_variables, step.new_non_trainable, non_trainable
                     )
+                    if new is not old
+                ]
+                skips_non_finite = self._optimizer_skips_non_finite
+
+                def update(grads, *values):
+                    for (variable, _), value in zip(changed, values):
+                        variable.assign(value)
                     if not skips_non_finite:
                         self.optimizer.apply(grads, self.trainable_variables)
 
-                ops.cond(finite, update, lambda: None)
+                values = [value for _, value in changed]
+                if _backend.merge_call_needed():
+                    _backend.apply_across_replicas(finite, update, grads, *values)
+                else:
+                    ops.cond(finite, lambda: update(grads, *values), lambda: None)
                 if skips_non_finite:
                     self.optimizer.apply(grads, self.trainable_variables)
                 return self._update_metrics(step, finite)
@@ -635,6 +785,8 @@ class SharpnessAware(keras.Model):
             "name": self.name,
             "trainable": self.trainable,
             "model": keras.saving.serialize_keras_object(self.model),
+            "perturbation_scope": self.perturbation_scope,
+            "perturbation_chunks": self.perturbation_chunks,
         }
 
     def get_config(self):
@@ -656,6 +808,33 @@ class SharpnessAware(keras.Model):
                     config[key], custom_objects=custom_objects
                 )
         return cls(**config)
+
+
+def _split_batch(x, y, sample_weight, chunks):
+    """`chunks` consecutive parts of a batch, as `(x, y, sample_weight,
+    fraction, (start, size))`: sizes differ by at most one, `fraction` is a
+    part's share of the batch, `start` its first row, `size` the batch's."""
+    first = next(t for t in keras.tree.flatten(x) if t is not None)
+    size = ops.shape(first)[0]
+    if isinstance(size, int) and size < chunks:
+        raise ValueError(
+            f"`perturbation_chunks` splits each batch into {chunks} parts, but a "
+            f"batch has only {size} examples. Use larger batches or fewer chunks."
+        )
+    parts = []
+    for k in range(chunks):
+        start, stop = (k * size) // chunks, ((k + 1) * size) // chunks
+
+        def take(tensor, start=start, stop=stop):
+            return None if tensor is None else tensor[start:stop]
+
+        fraction = ops.cast(stop - start, "float32") / ops.cast(size, "float32")
+        parts.append((
+            *(keras.tree.map_structure(take, part) for part in (x, y, sample_weight)),
+            fraction,
+            (start, size),
+        ))
+    return parts
 
 
 def _select(condition, new_values, old_values):

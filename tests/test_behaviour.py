@@ -223,6 +223,14 @@ def test_keras_file_round_trip_and_continued_training(name, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_perturbation_options_round_trip():
+    wrapped = keras_tram.TRAM(
+        make_mlp()[0], perturbation_scope="per_replica", perturbation_chunks=4
+    )
+    clone = keras_tram.TRAM.from_config(wrapped.get_config())
+    assert (clone.perturbation_scope, clone.perturbation_chunks) == ("per_replica", 4)
+
+
 @pytest.mark.parametrize("name", sorted(CONSTRUCTORS))
 def test_config_round_trip(name):
     wrapped = CONSTRUCTORS[name](make_mlp()[0])
@@ -246,6 +254,9 @@ BAD_ARGUMENTS = [
     (lambda m: keras_tram.ASAM("model.keras"), TypeError, "model"),
     (lambda m: keras_tram.SharpnessAware(m, "sam", keras_tram.radius.Constant(0.1)), TypeError, "geometry"),
     (lambda m: keras_tram.SharpnessAware(m, keras_tram.geometry.Euclidean(), 0.1), TypeError, "radius"),
+    (lambda m: keras_tram.SAM(m, perturbation_scope="local"), ValueError, "perturbation_scope"),
+    (lambda m: keras_tram.TRAM(m, perturbation_chunks=0), ValueError, "perturbation_chunks"),
+    (lambda m: keras_tram.ASAM(m, perturbation_chunks=2.0), TypeError, "perturbation_chunks"),
 ]
 
 

@@ -177,3 +177,68 @@ def test_gradient_accumulation_averages_the_descent_gradients(method):
     batches = [(x[i:i + 4], y[i:i + 4], None) for _ in range(2) for i in range(0, 16, 4)]
     expected, _ = reference.train_sgd(initial, batches, epsilon, LEARNING_RATE, accumulate=2)
     _assert_weights(model, expected)
+
+
+@pytest.mark.parametrize("method", ["sam", "asam"])
+@pytest.mark.parametrize("mode", sorted(EXECUTION_MODES))
+def test_perturbation_chunks_are_m_sharpness(method, mode):
+    """With `perturbation_chunks=2` each half batch gets its own ε from its
+    own gradient at the same weights, and the update is the mean of the two
+    descent gradients: SAM's m-sharpness with m = batch / 2."""
+    _, epsilon = METHODS[method]
+    model, initial = make_mlp()
+    x, y, sample_weight = make_data()
+    rho = {"sam": 0.3, "asam": 0.5}[method]
+    cls = {"sam": keras_tram.SAM, "asam": keras_tram.ASAM}[method]
+    wrapped = cls(model, rho=rho, perturbation_chunks=2)
+    wrapped.compile(
+        optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=cross_entropy(),
+        **EXECUTION_MODES[mode],
+    )
+    history = wrapped.fit(
+        x, y, sample_weight=sample_weight, batch_size=8, epochs=2, shuffle=False, verbose=0
+    )
+    halves = [
+        (x[i:i + 4], y[i:i + 4], sample_weight[i:i + 4])
+        for _ in range(2) for i in range(0, 16, 4)
+    ]
+    expected, grad_norms = reference.train_sgd(
+        initial, halves, epsilon, LEARNING_RATE, accumulate=2
+    )
+    _assert_weights(model, expected)
+    # Each half's gradient norm, averaged over the halves and the steps.
+    np.testing.assert_allclose(
+        history.history["grad_norm"], [np.mean(grad_norms[:4]), np.mean(grad_norms[4:])],
+        rtol=1e-5,
+    )
+
+
+def test_uneven_chunks_are_weighted_by_their_size():
+    """A batch of 6 in 4 chunks (sizes 1, 2, 1, 2): the descent gradient is
+    the size-weighted sum of the chunks' mean descent gradients."""
+    _, epsilon = METHODS["sam"]
+    model, initial = make_mlp()
+    x, y, _ = make_data(n=6)
+    wrapped = keras_tram.SAM(model, rho=0.3, perturbation_chunks=4)
+    wrapped.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=cross_entropy())
+    wrapped.fit(x, y, batch_size=6, epochs=1, shuffle=False, verbose=0)
+    weights = [np.array(w, dtype=np.float64) for w in initial]
+    descent = [np.zeros_like(w) for w in weights]
+    for start, stop in [(0, 1), (1, 3), (3, 4), (4, 6)]:
+        # One step at learning rate 1 moves the weights by the descent gradient.
+        moved, _ = reference.train_sgd(
+            weights, [(x[start:stop], y[start:stop], None)], epsilon, 1.0
+        )
+        for d, w, m in zip(descent, weights, moved):
+            d += (stop - start) / 6 * (w - m)
+    expected = [w - LEARNING_RATE * d for w, d in zip(weights, descent)]
+    _assert_weights(model, expected)
+
+
+def test_more_chunks_than_examples_is_a_clear_error():
+    model, _ = make_mlp()
+    x, y, _ = make_data(n=4)
+    wrapped = keras_tram.SAM(model, perturbation_chunks=8)
+    wrapped.compile(optimizer="sgd", loss=cross_entropy(), run_eagerly=True)
+    with pytest.raises(ValueError, match="`perturbation_chunks`"):
+        wrapped.fit(x, y, batch_size=4, verbose=0)

@@ -27,6 +27,13 @@ OPTIONAL_NUMBER = (st.one_of(st.none(), NON_NEGATIVE), BAD_NUMBER)
 DIVERGENCE = (st.sampled_from(DIVERGENCES), st.sampled_from(["js", "KL", "", "l2"]))
 TRUST_REGION = {"eta": NUMBER, "radius_scale": NUMBER, "max_radius": OPTIONAL_NUMBER,
                 "divergence": DIVERGENCE}
+# Every method takes these; a batch of 16 splits into at most 16 chunks.
+SHARED = {
+    "perturbation_scope": (st.sampled_from(["global", "per_replica"]),
+                           st.sampled_from(["local", "", "GLOBAL", None])),
+    "perturbation_chunks": (st.integers(1, 16),
+                            st.one_of(st.integers(max_value=0), st.just(2.0), st.just(True))),
+}
 
 # Each method, its fixed arguments and what may be drawn for the others.
 METHODS = {
@@ -53,7 +60,7 @@ def configurations(draw):
     method = draw(st.sampled_from(sorted(METHODS)))
     constructor, fixed, drawable = METHODS[method]
     arguments, invalid = dict(fixed), []
-    for name, (good, bad) in drawable.items():
+    for name, (good, bad) in {**drawable, **SHARED}.items():
         choice = draw(st.sampled_from(["default", "valid", "valid", "invalid"]))
         if choice == "valid":
             arguments[name] = draw(good)

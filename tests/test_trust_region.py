@@ -536,6 +536,40 @@ def test_backup_and_restore_resumes_exactly(name, tmp_path):
         np.testing.assert_allclose(actual, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", sorted(ALL_METHODS))
+def test_model_checkpoint_weights_resume_exactly(name, tmp_path):
+    """A new model resumed from `ModelCheckpoint(save_weights_only=True)`'s
+    file of epoch 2 ends with the weights, references, seeds and optimizer
+    state of an uninterrupted run. (A `.keras` file resumes the same way:
+    `test_keras_file_round_trip_and_resumed_training`.)"""
+    x, y, _ = make_data()
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        model, _ = make_mlp(dropout=0.2)
+        wrapped = ALL_METHODS[name](model)
+        wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+        return wrapped
+
+    def fit(wrapped, initial_epoch=0, epochs=4, callbacks=()):
+        return wrapped.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch,
+                           shuffle=False, verbose=0, callbacks=list(callbacks))
+
+    uninterrupted = fresh()
+    fit(uninterrupted)
+    path = str(tmp_path / "epoch.weights.h5")
+    fit(fresh(), epochs=2, callbacks=[
+        keras.callbacks.ModelCheckpoint(path, save_weights_only=True)
+    ])
+    resumed = fresh()
+    # As for any Keras model: an optimizer loads its state once built.
+    resumed.optimizer.build(resumed.trainable_variables)
+    resumed.load_weights(path)
+    fit(resumed, initial_epoch=2)
+    for actual, want in zip(_state(resumed), _state(uninterrupted)):
+        np.testing.assert_allclose(actual, want, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("name", sorted(ALL_METHODS))
 def test_mixed_precision_stays_close_to_float32(name, policy):

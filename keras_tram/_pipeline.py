@@ -24,7 +24,7 @@ def _tf():
     except ImportError as error:  # keras-hub's text preprocessing needs it too
         raise ImportError(
             "Preprocessing data for a keras-hub task needs TensorFlow (`pip install "
-            "tensorflow-cpu`); or preprocess the data yourself and pass the "
+            "tensorflow`); or preprocess the data yourself and pass the "
             "task's inputs, e.g. `task.preprocessor(x)`."
         ) from error
     return tf

@@ -27,9 +27,9 @@ from keras_tram import datasets
 from keras_tram_cli import DEMO_METHODS
 from keras_tram.methods import wrap
 
-# The methods compared (plain Adam and each method with the paper's settings),
-# listed with the command, which checks them before Keras is imported.
-ALL_METHODS = DEMO_METHODS
+# DEMO_METHODS, the methods compared (plain Adam and each method with the
+# paper's settings), lives with the command, which checks them before Keras is
+# imported.
 DOMAINS = ("printed (in domain)", "handwritten MNIST", "handwritten 8x8")
 IN_DOMAIN = DOMAINS[0]
 
@@ -141,9 +141,9 @@ def fine_tune(method, seed, weights, data, evaluation):
 
 def run(methods, seeds, output, cache, log=print):
     """Runs every method with every seed; writes and returns the record."""
-    unknown = [m for m in methods if m not in ALL_METHODS]
+    unknown = [m for m in methods if m not in DEMO_METHODS]
     if unknown:
-        raise ValueError(f"`methods` must be among {ALL_METHODS}; got {unknown}.")
+        raise ValueError(f"`methods` must be among {DEMO_METHODS}; got {unknown}.")
     started = time.time()
     pretraining, fine_tuning, evaluation = load_domains()
     weights = pretrained_weights(cache, pretraining, log)

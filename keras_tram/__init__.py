@@ -1,5 +1,6 @@
 """keras-tram: sharpness-aware and trust-region-aware fine-tuning for Keras 3."""
 
+from keras_tram import analysis
 from keras_tram import datasets
 from keras_tram import geometry
 from keras_tram import penalty
@@ -24,6 +25,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ASAM", "FSAM", "MESA", "METHODS", "R3F", "SAM", "TRAM", "TRAM_VARIANTS", "TRPO",
-    "SharpnessAware", "Step", "datasets", "geometry", "penalty", "radius", "recipes",
+    "SharpnessAware", "Step", "analysis", "datasets", "geometry", "penalty", "radius", "recipes",
     "tiny", "trust_region", "wrap",
 ]

@@ -12,6 +12,10 @@ Protocol:
    and on two domains never used for fine-tuning: handwritten MNIST digits
    held out from pre-training (what fine-tuning may make the network forget)
    and scikit-learn's 8x8 handwritten digits, upsampled (never seen at all).
+4. On the first examples of each domain, the fine-tuned network's
+   ε-sharpness (the paper's settings) and the linear CKA between its
+   representation (the head's input) and the pre-trained network's; and
+   each step's radius and divergence.
 """
 
 import csv
@@ -23,6 +27,7 @@ import time
 import keras
 import numpy as np
 
+from keras_tram import analysis
 from keras_tram import datasets
 from keras_tram_cli import DEMO_METHODS
 from keras_tram.methods import wrap
@@ -37,6 +42,11 @@ IMAGE_SIZE = 28
 PRETRAIN = {"epochs": 4, "learning_rate": 1e-3, "batch_size": 64}
 FINE_TUNE = {"epochs": 4, "learning_rate": 1e-3, "batch_size": 32}
 HELD_OUT_EVERY = 4
+# ε-sharpness as in the paper (SGD 8e-5, batch 32, 4 accumulation steps,
+# ε = 1e-5) and CKA, on this many examples of each domain.
+ANALYSIS_EXAMPLES = 256
+SHARPNESS = {"epsilon": 1e-5, "learning_rate": 8e-5, "batch_size": 32,
+             "accumulation_steps": 4, "steps": 4}
 
 
 # ------------------------------------------------------------------- data
@@ -120,23 +130,35 @@ def accuracy(model, x, y):
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
-def fine_tune(method, seed, weights, data, evaluation):
+def fine_tune(method, seed, weights, data, evaluation, pretrained_features):
     """Fine-tunes the pre-trained network with `method`.
 
-    Returns `{domain: accuracy}` and the per-epoch means of the method's logged
-    `radius` and `divergence` (empty for plain Adam).
+    Returns `{domain: accuracy}`, `{domain: {"sharpness", "cka"}}`, the
+    per-epoch means of the method's logged `radius` and `divergence` and their
+    per-step values (both empty for plain Adam).
     """
     keras.utils.set_random_seed(seed)
     network = build_network()
     network.set_weights(weights)
     trainer = wrap(network, method)
     trainer.compile(keras.optimizers.Adam(FINE_TUNE["learning_rate"]), _cross_entropy())
+    trace = analysis.StepStatistics(names=("radius", "divergence"))
     history = trainer.fit(*data, epochs=FINE_TUNE["epochs"],
-                          batch_size=FINE_TUNE["batch_size"], verbose=0)
+                          batch_size=FINE_TUNE["batch_size"], verbose=0, callbacks=[trace])
     statistics = {name: [float(v) for v in values]
                   for name, values in history.history.items()
                   if name in ("radius", "divergence")}
-    return {domain: accuracy(network, x, y) for domain, (x, y) in evaluation.items()}, statistics
+    measures = {}
+    for domain, (x, y) in evaluation.items():
+        x, y = x[:ANALYSIS_EXAMPLES], y[:ANALYSIS_EXAMPLES]
+        measures[domain] = {
+            "sharpness": analysis.epsilon_sharpness(
+                network, x, y, loss=_cross_entropy(), **SHARPNESS),
+            "cka": analysis.linear_cka(
+                analysis.representations(network, x), pretrained_features[domain]),
+        }
+    accuracies = {domain: accuracy(network, x, y) for domain, (x, y) in evaluation.items()}
+    return accuracies, measures, statistics, trace.steps
 
 
 def run(methods, seeds, output, cache, log=print):
@@ -150,14 +172,22 @@ def run(methods, seeds, output, cache, log=print):
     network = build_network()
     network.set_weights(weights)
     before = {domain: accuracy(network, x, y) for domain, (x, y) in evaluation.items()}
+    pretrained_features = {
+        domain: analysis.representations(network, x[:ANALYSIS_EXAMPLES])
+        for domain, (x, _) in evaluation.items()
+    }
     runs = []
     total = len(methods) * len(seeds)
     for method in methods:
         for seed in seeds:
             began = time.time()
-            result, statistics = fine_tune(method, seed, weights, fine_tuning, evaluation)
+            result, measures, statistics, steps = fine_tune(
+                method, seed, weights, fine_tuning, evaluation, pretrained_features)
             runs.append({"method": method, "seed": seed, "accuracy": result,
-                         "per_epoch": statistics, "seconds": round(time.time() - began, 2)})
+                         "sharpness": {d: m["sharpness"] for d, m in measures.items()},
+                         "cka_to_pretrained": {d: m["cka"] for d, m in measures.items()},
+                         "per_epoch": statistics, "per_step": steps,
+                         "seconds": round(time.time() - began, 2)})
             log(_progress(runs, total, result))
     record = {
         "protocol": {
@@ -165,6 +195,9 @@ def run(methods, seeds, output, cache, log=print):
             "fine_tune": {"domain": f"printed digits, {len(fine_tuning[1])} images",
                           "optimizer": "adam", **FINE_TUNE},
             "domains": list(DOMAINS), "image_size": IMAGE_SIZE,
+            "analysis": {"examples_per_domain": ANALYSIS_EXAMPLES,
+                         "epsilon_sharpness": SHARPNESS,
+                         "cka": "linear, head input, fine-tuned vs pre-trained"},
         },
         "backend": keras.backend.backend(),
         "keras": keras.__version__,
@@ -196,9 +229,12 @@ def _out_of_domain(result):
 def summarize(runs, methods):
     summary = {}
     for method in methods:
-        results = [r["accuracy"] for r in runs if r["method"] == method]
-        columns = {d: [r[d] for r in results] for d in DOMAINS}
-        columns["out-of-domain avg"] = [_out_of_domain(r) for r in results]
+        mine = [r for r in runs if r["method"] == method]
+        columns = {d: [r["accuracy"][d] for r in mine] for d in DOMAINS}
+        columns["out-of-domain avg"] = [_out_of_domain(r["accuracy"]) for r in mine]
+        for d in DOMAINS:
+            columns[f"sharpness {d}"] = [r["sharpness"][d] for r in mine]
+            columns[f"CKA {d}"] = [r["cka_to_pretrained"][d] for r in mine]
         summary[method] = {
             name: {"mean": float(np.mean(v)), "std": float(np.std(v))}
             for name, v in columns.items()
@@ -208,7 +244,7 @@ def summarize(runs, methods):
 
 # ------------------------------------------------------------------ output
 
-OUTPUT_FILES = ("demo.json", "demo.csv", "demo.png")
+OUTPUT_FILES = ("demo.json", "demo.csv", "demo.png", "demo-traces.png")
 
 
 def table(record):
@@ -223,7 +259,24 @@ def table(record):
     for method, row in record["summary"].items():
         cells = "".join(f"{row[c]['mean']:>16.3f} ± {row[c]['std']:.3f}" for c in columns)
         lines.append(f"{method:<{width}}{cells}")
+    lines += [
+        "",
+        f"mean over seeds of ε-sharpness (ε = {SHARPNESS['epsilon']:g}, lower is flatter) and "
+        "linear CKA to the pre-trained network (higher is closer), "
+        f"first {ANALYSIS_EXAMPLES} examples of each domain",
+        f"{'method':<{width}}"
+        + "".join(f"{'sharpness ' + _short(d):>28}" for d in DOMAINS)
+        + "".join(f"{'CKA ' + _short(d):>22}" for d in DOMAINS),
+    ]
+    for method, row in record["summary"].items():
+        cells = "".join(f"{row[f'sharpness {d}']['mean']:>28.3g}" for d in DOMAINS)
+        cells += "".join(f"{row[f'CKA {d}']['mean']:>22.4f}" for d in DOMAINS)
+        lines.append(f"{method:<{width}}{cells}")
     return "\n".join(lines)
+
+
+def _short(domain):
+    return domain.split(" (")[0]
 
 
 def write(record, output):
@@ -232,11 +285,20 @@ def write(record, output):
         json.dump(record, file, indent=2)
     with open(os.path.join(output, "demo.csv"), "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["method", "seed", "domain", "accuracy"])
+        writer.writerow(["method", "seed", "domain", "accuracy", "sharpness",
+                         "cka_to_pretrained"])
         for r in record["runs"]:
             for domain, value in r["accuracy"].items():
-                writer.writerow([r["method"], r["seed"], domain, f"{value:.6f}"])
+                writer.writerow([r["method"], r["seed"], domain, f"{value:.6f}",
+                                 f"{r['sharpness'][domain]:.6g}",
+                                 f"{r['cka_to_pretrained'][domain]:.6f}"])
     plot(record, os.path.join(output, "demo.png"))
+    first_seed = record["seeds"][0]
+    analysis.plot_traces(
+        {r["method"]: r["per_step"] for r in record["runs"]
+         if r["seed"] == first_seed and r["per_step"]},
+        os.path.join(output, "demo-traces.png"),
+    )
 
 
 def plot(record, path):

@@ -44,10 +44,17 @@ def test_demo_writes_every_run(smallest_run):
         assert all(0 <= a <= 1 for a in run["accuracy"].values())
     for run in record["runs"]:
         if run["method"] == "adam":
-            assert run["per_epoch"] == {}
+            assert run["per_epoch"] == {} and run["per_step"] == {}
         else:  # TRAM's radius is its divergence, one mean per epoch
             assert run["per_epoch"]["radius"] == run["per_epoch"]["divergence"]
             assert len(run["per_epoch"]["radius"]) == demo.FINE_TUNE["epochs"]
+            # ... and the steps' values average to the epochs' means.
+            epochs = np.split(np.array(run["per_step"]["radius"]), demo.FINE_TUNE["epochs"])
+            np.testing.assert_allclose([e.mean() for e in epochs], run["per_epoch"]["radius"],
+                                       rtol=1e-3)
+        assert sorted(run["sharpness"]) == sorted(run["cka_to_pretrained"]) == sorted(demo.DOMAINS)
+        assert all(s >= 0 for s in run["sharpness"].values())
+        assert all(0 < c <= 1 for c in run["cka_to_pretrained"].values())
     for method in record["methods"]:
         first, second = (r["accuracy"] for r in record["runs"] if r["method"] == method)
         assert first != second, f"{method}: both seeds gave the same accuracies"
@@ -62,8 +69,9 @@ def test_demo_writes_every_run(smallest_run):
     with open(folder / "out" / "demo.csv") as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == 4 * len(demo.DOMAINS)
-    with open(folder / "out" / "demo.png", "rb") as file:
-        assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    for image in ("demo.png", "demo-traces.png"):
+        with open(folder / "out" / image, "rb") as file:
+            assert file.read(8) == b"\x89PNG\r\n\x1a\n"
     for method in record["methods"]:
         assert method in completed.stdout  # the table
 

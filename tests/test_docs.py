@@ -11,6 +11,7 @@ PUBLIC += [
     keras_tram.geometry.Adaptive, keras_tram.geometry.Fisher,
     keras_tram.radius.TrustRegion, keras_tram.penalty.Penalty,
     keras_tram.trust_region.NoisedInputs,
+    keras_tram.analysis.epsilon_sharpness, keras_tram.analysis.StepStatistics,
 ]
 EXAMPLES = [
     (obj.__name__, block)
@@ -20,7 +21,8 @@ EXAMPLES = [
 
 
 def test_there_are_examples():
-    named = {"SAM", "ASAM", "FSAM", "TRAM", "TRPO", "R3F", "MESA", "SharpnessAware"}
+    named = {"SAM", "ASAM", "FSAM", "TRAM", "TRPO", "R3F", "MESA", "SharpnessAware",
+             "epsilon_sharpness", "StepStatistics"}
     assert {name for name, _ in EXAMPLES} >= named
 
 

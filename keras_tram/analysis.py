@@ -127,7 +127,7 @@ def representations(model, x, layer=None, batch_size=32):
     inputs go through the task's preprocessor); a `SharpnessAware` wrapper
     gives its wrapped model's.
     """
-    model = getattr(model, "model", model) if _is_wrapper(model) else model
+    model = model.model if _is_wrapper(model) else model
     layer = model.layers[-1] if layer is None else layer
     if isinstance(layer, str):
         layer = model.get_layer(layer)
@@ -345,8 +345,15 @@ class StepStatistics(keras.callbacks.Callback):
             return
         import tensorflow as tf
 
+        # What `tf.summary.scalar` writes, without needing the tensorboard
+        # package where the logs are written.
+        metadata = tf.compat.v1.SummaryMetadata(
+            plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"),
+            data_class=1,  # scalar
+        )
         with self.writer.as_default():
-            tf.summary.scalar(name, value, step=self._global_step)
+            tf.summary.write(name, tf.constant(value, tf.float32), step=self._global_step,
+                             metadata=metadata)
 
 
 class SharpnessAndCKA(keras.callbacks.Callback):

@@ -9,7 +9,7 @@ logs=$(mktemp -d)
 backends=(${BACKENDS:-tensorflow jax torch})
 pids=()
 for backend in "${backends[@]}"; do
-  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider "$@" \
+  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider --durations=8 "$@" \
     > "$logs/$backend.log" 2>&1 &
   pids+=($!)
 done
@@ -18,7 +18,7 @@ for i in "${!backends[@]}"; do
   backend=${backends[$i]}
   if wait "${pids[$i]}"; then
     echo "== $backend: passed"
-    tail -n 1 "$logs/$backend.log"
+    sed -n '/slowest .* durations/,$p' "$logs/$backend.log"
   else
     status=1
     echo "== $backend: FAILED"

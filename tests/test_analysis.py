@@ -178,3 +178,25 @@ def test_plots_write_images(tmp_path):
     analysis.plot_accuracy_vs_sharpness({"sam": (0.5, 0.9)}, tmp_path / "scatter.png")
     for name in ("trace.png", "scatter.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_step_statistics_writes_to_tensorboard(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    model, _ = make_mlp()
+    x, y, _ = make_data()
+    wrapped = keras_tram.TRAM(model, variant="pretrained")
+    wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    trace = analysis.StepStatistics(writer=writer)
+    wrapped.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[trace])
+    writer.flush()
+    written = {}
+    for path in tmp_path.iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor))
+                written.setdefault(value.tag, []).append((event.step, number))
+    for name in ("radius", "divergence", "grad_norm"):
+        steps, values = zip(*sorted(written[name]))
+        assert steps == (0, 1, 2, 3)
+        np.testing.assert_allclose(values, trace.steps[name], rtol=1e-6)

@@ -24,6 +24,12 @@ METHODS = {
     "fsam": ("FSAM", {}),
     "tram-previous_step": ("TRAM", {"variant": "previous_step"}),
     "tram-pretrained": ("TRAM", {"variant": "pretrained"}),
+    # d measured on a quarter of the batch (`divergence_batch_fraction`).
+    "tram-previous_step/4": ("TRAM", {"variant": "previous_step",
+                                       "divergence_batch_fraction": 0.25}),
+    "tram-pretrained/4": ("TRAM", {"variant": "pretrained", "divergence_batch_fraction": 0.25}),
+    "tram-input_noise/4": ("TRAM", {"variant": "input_noise",
+                                     "divergence_batch_fraction": 0.25}),
     "tram-input_noise": ("TRAM", {"variant": "input_noise"}),
     "tram-fisher": ("TRAM", {"variant": "fisher"}),
     "trpo": ("TRPO", {}),

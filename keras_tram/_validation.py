@@ -64,3 +64,11 @@ def check_positive_int(name, value):
     if value < 1:
         raise ValueError(f"`{name}` must be an integer >= 1; received {value!r}.")
     return int(value)
+
+
+def check_fraction(name, value):
+    """Returns `value` as a float, or raises if it is not in (0, 1]."""
+    value = check_non_negative(name, value)
+    if not 0 < value <= 1:
+        raise ValueError(f"`{name}` must be in (0, 1]; received {value!r}.")
+    return value

@@ -3,6 +3,7 @@
 import keras
 
 from keras_tram._validation import check_choice
+from keras_tram._validation import check_fraction
 from keras_tram.geometry import Adaptive
 from keras_tram.geometry import Euclidean
 from keras_tram.geometry import Fisher
@@ -150,6 +151,9 @@ class TRAM(SharpnessAware):
             with a `keras.layers.Embedding`.
         from_logits: whether the model outputs logits (else probabilities).
         output_key: the entry of a dict output that holds the logits.
+        divergence_batch_fraction: in (0, 1]: measure `d` on the first
+            `ceil(fraction · batch)` examples, so the reference's forward
+            pass costs that fraction of a full one (default 1, the paper's).
 
     Example:
 
@@ -165,8 +169,10 @@ class TRAM(SharpnessAware):
 
     def __init__(self, model, variant="previous_step", noise_stddev=None, eta=None,
                  rho=None, divergence="kl", radius_scale=1.0, max_radius=None,
-                 noise_layer=None, from_logits=True, output_key="logits", **kwargs):
+                 noise_layer=None, from_logits=True, output_key="logits",
+                 divergence_batch_fraction=1.0, **kwargs):
         check_choice("variant", variant, TRAM_VARIANTS)
+        check_fraction("divergence_batch_fraction", divergence_batch_fraction)
         if variant not in _NOISE_VARIANTS and noise_stddev is not None:
             raise ValueError(
                 f"`noise_stddev` applies to the variants {_NOISE_VARIANTS}; "
@@ -176,10 +182,12 @@ class TRAM(SharpnessAware):
         if variant in _NOISE_VARIANTS:
             noise = NoisedInputs(0.1 if noise_stddev is None else noise_stddev, noise_layer)
         if variant == "fisher":
-            if divergence != "kl" or radius_scale != 1.0 or max_radius is not None:
+            if (divergence != "kl" or radius_scale != 1.0 or max_radius is not None
+                    or divergence_batch_fraction != 1.0):
                 raise ValueError(
-                    "`divergence`, `radius_scale` and `max_radius` shape the "
-                    "trust-region radius; variant='fisher' has the constant radius `rho`."
+                    "`divergence`, `radius_scale`, `max_radius` and "
+                    "`divergence_batch_fraction` shape the trust-region radius; "
+                    "variant='fisher' has the constant radius `rho`."
                 )
             parts = dict(
                 geometry=Fisher(0.1 if eta is None else eta),
@@ -200,6 +208,7 @@ class TRAM(SharpnessAware):
             radius = TrustRegion(
                 reference, divergence=divergence, radius_scale=radius_scale,
                 max_radius=max_radius, from_logits=from_logits, output_key=output_key,
+                batch_fraction=divergence_batch_fraction,
             )
             parts = dict(geometry=Adaptive(0.0 if eta is None else eta), radius=radius)
         super().__init__(model, **parts, **kwargs)
@@ -209,6 +218,7 @@ class TRAM(SharpnessAware):
             variant=variant, noise_stddev=noise_stddev, eta=eta, rho=rho,
             divergence=divergence, radius_scale=radius_scale, max_radius=max_radius,
             noise_layer=noise_layer, from_logits=from_logits, output_key=output_key,
+            divergence_batch_fraction=divergence_batch_fraction,
         )
 
     @property

@@ -14,6 +14,7 @@ from keras import ops
 
 from keras_tram import trust_region
 from keras_tram._config import Component
+from keras_tram._validation import check_fraction
 from keras_tram._validation import check_non_negative
 
 
@@ -54,19 +55,26 @@ class TrustRegion(trust_region.Distance, Radius):
             `"symmetric_kl"`.
         radius_scale: a finite number >= 0 multiplying `d`.
         max_radius: a finite number >= 0 capping the radius, or None.
+        batch_fraction: in (0, 1]: measure `d` on the first
+            `ceil(batch_fraction · batch)` examples only, which shrinks the
+            reference's extra forward pass to that fraction of the batch
+            (1, the default, is the paper's method).
         from_logits: whether the model outputs logits (else probabilities).
         output_key: the entry of a dict output that holds the logits.
     """
 
     def __init__(self, reference, divergence="kl", radius_scale=1.0, max_radius=None,
-                 from_logits=True, output_key="logits"):
+                 from_logits=True, output_key="logits", batch_fraction=1.0):
         super().__init__(reference, divergence, from_logits, output_key)
+        self.batch_fraction = check_fraction("batch_fraction", batch_fraction)
         self.radius_scale = check_non_negative("radius_scale", radius_scale)
         self.max_radius = (
             None if max_radius is None else check_non_negative("max_radius", max_radius)
         )
 
     def __call__(self, step):
+        if self.batch_fraction < 1.0:
+            step = step.head(self.batch_fraction)
         _, d = self.measure(step, step.weights, step.y_pred, step.perturbation_sum)
         d = ops.stop_gradient(d)
         step.statistics["divergence"] = d
@@ -80,4 +88,5 @@ class TrustRegion(trust_region.Distance, Radius):
             **super().get_config(),
             "radius_scale": self.radius_scale,
             "max_radius": self.max_radius,
+            "batch_fraction": self.batch_fraction,
         }

@@ -2,6 +2,7 @@
 
 import contextlib
 import inspect
+import math
 
 import keras
 from keras import ops
@@ -57,6 +58,25 @@ class Step:
         state the clean pass started from (so the same dropout masks and
         BatchNorm mode), on noised inputs if `noise` is a `NoisedInputs`."""
         return self._wrapper._forward(weights, self.non_trainable, self.x, noise)[0]
+
+    def head(self, fraction):
+        """This step restricted to the first `ceil(fraction · batch)` examples
+        (its batch, clean predictions and sample weights)."""
+        first = next(t for t in keras.tree.flatten(self.x) if t is not None)
+        size = ops.shape(first)[0]
+        if isinstance(size, int):
+            count = max(1, math.ceil(fraction * size))
+        else:
+            count = ops.maximum(1, ops.cast(ops.ceil(fraction * ops.cast(size, "float32")), "int32"))
+
+        def take(tensor):
+            return None if tensor is None else tensor[:count]
+
+        part = Step(self._wrapper, *(keras.tree.map_structure(take, t) for t in (
+            self.x, self.y, self.sample_weight)), self.weights, self.non_trainable)
+        part.y_pred = keras.tree.map_structure(take, self.y_pred)
+        part.statistics = self.statistics
+        return part
 
     def value_of(self, variable):
         """The value a non-trainable variable of the wrapper had before the step."""

@@ -125,12 +125,13 @@ def fsam_epsilon(grads, weights, rho, eta):
 
 
 def train_tram(weights, x, y, steps, learning_rate, variant, scale=1.0, max_radius=None,
-               accumulate=1):
+               accumulate=1, fraction=1.0):
     """Full-batch TRAM-θ_{t-1} / TRAM-θ_0 with SGD; returns weights and d per step.
 
     With `accumulate` > 1, the descent gradients of that many steps are
     averaged into one update, and θ_{t-1} is the weights before the last
     update (the reference moves with the updates, not with the micro-steps).
+    With `fraction` < 1, d is measured on the first ceil(fraction · n) examples.
     """
     weights = [np.array(w, dtype=np.float64) for w in weights]
     initial = [w.copy() for w in weights]
@@ -138,7 +139,8 @@ def train_tram(weights, x, y, steps, learning_rate, variant, scale=1.0, max_radi
     divergences, pending = [], []
     for _ in range(steps):
         _, grads = mlp_loss_and_grads(weights, x, y)
-        d = kl(mlp_logits(reference, x), mlp_logits(weights, x))
+        k = int(np.ceil(fraction * len(x)))
+        d = kl(mlp_logits(reference, x[:k]), mlp_logits(weights, x[:k]))
         divergences.append(d)
         radius = scale * d if max_radius is None else min(scale * d, max_radius)
         eps = asam_epsilon(grads, weights, radius, 0.0)

@@ -25,8 +25,11 @@ NUMBER = (NON_NEGATIVE, BAD_NUMBER)
 UNIT = (st.floats(0.0, 1.0), st.one_of(BAD_NUMBER, st.floats(1.0, 10.0, exclude_min=True)))
 OPTIONAL_NUMBER = (st.one_of(st.none(), NON_NEGATIVE), BAD_NUMBER)
 DIVERGENCE = (st.sampled_from(DIVERGENCES), st.sampled_from(["js", "KL", "", "l2"]))
+FRACTION = (st.floats(0.05, 1.0), st.one_of(
+    st.floats(max_value=0.0), st.floats(1.0, 5.0, exclude_min=True), st.just(math.nan),
+    st.text(max_size=2)))
 TRUST_REGION = {"eta": NUMBER, "radius_scale": NUMBER, "max_radius": OPTIONAL_NUMBER,
-                "divergence": DIVERGENCE}
+                "divergence": DIVERGENCE, "divergence_batch_fraction": FRACTION}
 # Every method takes these; a batch of 16 splits into at most 16 chunks.
 SHARED = {
     "perturbation_scope": (st.sampled_from(["global", "per_replica"]),

@@ -30,6 +30,25 @@ def _assert_weights(model, expected, atol=1e-5):
 
 
 @pytest.mark.parametrize("variant", ["previous_step", "pretrained"])
+def test_divergence_on_a_fraction_of_the_batch_matches_closed_form(variant):
+    """`divergence_batch_fraction=0.3`: d is the KL on the first ceil(0.3 · 16) = 5
+    examples, and the step is TRAM's with that radius."""
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    history = _fit_full_batch(
+        keras_tram.TRAM(model, variant=variant, radius_scale=30.0,
+                        divergence_batch_fraction=0.3), x, y,
+    )
+    expected, divergences = reference.train_tram(
+        initial, x, y, STEPS, 1.0, variant, scale=30.0, fraction=0.3
+    )
+    full = reference.train_tram(initial, x, y, STEPS, 1.0, variant, scale=30.0)[1]
+    assert not np.allclose(divergences[1:], full[1:], rtol=1e-2)  # a different estimate
+    np.testing.assert_allclose(history["divergence"], divergences, rtol=2e-3, atol=1e-7)
+    _assert_weights(model, expected)
+
+
+@pytest.mark.parametrize("variant", ["previous_step", "pretrained"])
 @pytest.mark.parametrize("scale, max_radius", [(1.0, None), (30.0, None), (30.0, 0.01)])
 def test_tram_weight_references_match_closed_form(variant, scale, max_radius):
     model, initial = make_mlp()
@@ -362,6 +381,12 @@ def test_keras_file_round_trip_and_resumed_training(name, tmp_path):
 
 BAD_ARGUMENTS = [
     (lambda m: keras_tram.TRAM(m, variant="theta"), ValueError, "variant"),
+    (lambda m: keras_tram.TRAM(m, divergence_batch_fraction=0.0), ValueError,
+     "divergence_batch_fraction"),
+    (lambda m: keras_tram.TRAM(m, divergence_batch_fraction=1.5), ValueError,
+     "divergence_batch_fraction"),
+    (lambda m: keras_tram.TRAM(m, variant="fisher", divergence_batch_fraction=0.5),
+     ValueError, "divergence_batch_fraction"),
     (lambda m: keras_tram.TRAM(m, variant="input_noise", noise_stddev=-0.1), ValueError, "noise_stddev"),
     (lambda m: keras_tram.TRAM(m, variant="previous_step", noise_stddev=0.1), ValueError, "noise_stddev"),
     (lambda m: keras_tram.TRAM(m, variant="pretrained", rho=0.1), ValueError, "rho"),

@@ -531,6 +531,15 @@ class _Interrupt(keras.callbacks.Callback):
             raise RuntimeError("interrupted")
 
 
+def _fresh(name):
+    """The same new, compiled model every time: seeds, weights and dropout."""
+    keras.utils.set_random_seed(0)
+    model, _ = make_mlp(dropout=0.2)
+    wrapped = ALL_METHODS[name](model)
+    wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+    return wrapped
+
+
 @pytest.mark.parametrize("name", sorted(ALL_METHODS))
 def test_backup_and_restore_resumes_exactly(name, tmp_path):
     """A run interrupted after epoch 2 and resumed by `BackupAndRestore` in a
@@ -538,23 +547,16 @@ def test_backup_and_restore_resumes_exactly(name, tmp_path):
     an uninterrupted run."""
     x, y, _ = make_data()
 
-    def fresh():
-        keras.utils.set_random_seed(0)
-        model, _ = make_mlp(dropout=0.2)
-        wrapped = ALL_METHODS[name](model)
-        wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
-        return wrapped
-
     def fit(wrapped, callbacks=()):
         return wrapped.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0,
                            callbacks=list(callbacks))
 
-    uninterrupted = fresh()
+    uninterrupted = _fresh(name)
     fit(uninterrupted)
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     with pytest.raises(RuntimeError, match="interrupted"):
-        fit(fresh(), [backup, _Interrupt(epoch=1)])
-    resumed = fresh()
+        fit(_fresh(name), [backup, _Interrupt(epoch=1)])
+    resumed = _fresh(name)
     history = fit(resumed, [keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
     assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
     for actual, want in zip(_state(resumed), _state(uninterrupted)):
@@ -569,24 +571,17 @@ def test_model_checkpoint_weights_resume_exactly(name, tmp_path):
     `test_keras_file_round_trip_and_resumed_training`.)"""
     x, y, _ = make_data()
 
-    def fresh():
-        keras.utils.set_random_seed(0)
-        model, _ = make_mlp(dropout=0.2)
-        wrapped = ALL_METHODS[name](model)
-        wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
-        return wrapped
-
     def fit(wrapped, initial_epoch=0, epochs=4, callbacks=()):
         return wrapped.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch,
                            shuffle=False, verbose=0, callbacks=list(callbacks))
 
-    uninterrupted = fresh()
+    uninterrupted = _fresh(name)
     fit(uninterrupted)
     path = str(tmp_path / "epoch.weights.h5")
-    fit(fresh(), epochs=2, callbacks=[
+    fit(_fresh(name), epochs=2, callbacks=[
         keras.callbacks.ModelCheckpoint(path, save_weights_only=True)
     ])
-    resumed = fresh()
+    resumed = _fresh(name)
     # As for any Keras model: an optimizer loads its state once built.
     resumed.optimizer.build(resumed.trainable_variables)
     resumed.load_weights(path)

@@ -201,3 +201,17 @@ def apply_across_replicas(finite, apply, *values):
         )
 
     tf.distribute.get_replica_context().merge_call(merged, args=(finite, *values))
+
+
+def normal(shape, stddev, dtype, seed_generator):
+    """`keras.random.normal`, drawn with Philox on TensorFlow: the
+    "auto_select" algorithm Keras leaves TensorFlow to pick runs several
+    times slower under XLA on a CPU (7 ms instead of 0.3 ms for 32k draws)."""
+    if keras.backend.backend() != "tensorflow":
+        return keras.random.normal(shape, stddev=stddev, dtype=dtype, seed=seed_generator)
+    import tensorflow as tf
+
+    seed = seed_generator.next()
+    if seed.dtype != tf.int32:  # as Keras does: stateless draws take int32 seeds under XLA
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
+    return tf.random.stateless_normal(shape, seed, stddev=stddev, dtype=dtype, alg="philox")

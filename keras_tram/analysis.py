@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from keras_tram import _backend
+from keras_tram import _batch
 from keras_tram import _pipeline
 from keras_tram._validation import check_non_negative
 from keras_tram._validation import check_positive_int
@@ -175,15 +176,9 @@ class _FunctionLoss(keras.losses.Loss):
 
 
 def _batches(x, y, sample_weight, batch_size):
-    first = keras.tree.flatten(x)[0]
-    n = len(first)
-    take = lambda data, rows: keras.tree.map_structure(  # noqa: E731
-        lambda t: None if t is None else t[rows], data
-    )
+    n = len(keras.tree.flatten(x)[0])
     return [
-        (take(x, slice(i, i + batch_size)), take(y, slice(i, i + batch_size)),
-         None if sample_weight is None else sample_weight[i:i + batch_size],
-         min(batch_size, n - i))
+        (*_batch.rows((x, y, sample_weight), i, i + batch_size), min(batch_size, n - i))
         for i in range(0, n, batch_size)
     ], n
 

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_tram import _backend
+from keras_tram import _batch
 from keras_tram import _pipeline
 from keras_tram import geometry as geometry_lib
 from keras_tram import penalty as penalty_lib
@@ -62,19 +63,14 @@ class Step:
     def head(self, fraction):
         """This step restricted to the first `ceil(fraction · batch)` examples
         (its batch, clean predictions and sample weights)."""
-        first = next(t for t in keras.tree.flatten(self.x) if t is not None)
-        size = ops.shape(first)[0]
+        size = _batch.size(self.x)
         if isinstance(size, int):
             count = max(1, math.ceil(fraction * size))
         else:
             count = ops.maximum(1, ops.cast(ops.ceil(fraction * ops.cast(size, "float32")), "int32"))
-
-        def take(tensor):
-            return None if tensor is None else tensor[:count]
-
-        part = Step(self._wrapper, *(keras.tree.map_structure(take, t) for t in (
-            self.x, self.y, self.sample_weight)), self.weights, self.non_trainable)
-        part.y_pred = keras.tree.map_structure(take, self.y_pred)
+        batch = _batch.rows((self.x, self.y, self.sample_weight), 0, count)
+        part = Step(self._wrapper, *batch, self.weights, self.non_trainable)
+        part.y_pred = _batch.rows(self.y_pred, 0, count)
         part.statistics = self.statistics
         return part
 
@@ -256,6 +252,14 @@ class SharpnessAware(keras.Model):
             component.fill(self.trainable_variables)
         return super().make_train_function(force=force)
 
+    def _resolve_auto_jit_compile(self):
+        # Keras leaves XLA off on a CPU-only TensorFlow. This step's many
+        # small ops make XLA faster there too (benchmarks/step_time.py).
+        resolved = super()._resolve_auto_jit_compile()
+        if resolved or keras.backend.backend() != "tensorflow" or self._distribute_strategy:
+            return resolved
+        return _model_supports_jit(self)
+
     def call(self, inputs, training=None):
         noise = self._active_noise
         if noise is not None and self._noise_layer(noise) is None:
@@ -347,9 +351,8 @@ class SharpnessAware(keras.Model):
         if _backend.splits_batch_across_replicas():
             start = start + _backend.replica_index() * total
             total = total * _backend.replica_count()
-        z = keras.random.normal(
-            (total, *ops.shape(tensor)[1:]), stddev=stddev, dtype=tensor.dtype,
-            seed=self.noise_seed_generator,
+        z = _backend.normal(
+            (total, *ops.shape(tensor)[1:]), stddev, tensor.dtype, self.noise_seed_generator
         )
         if total is not size:
             z = z[start:start + size]
@@ -655,10 +658,8 @@ class SharpnessAware(keras.Model):
         A skipped (non-finite) step is counted in `skipped_steps` and left out
         of the step statistics' means, which therefore stay finite.
         """
-        first_input = next(i for i in keras.tree.flatten(step.x) if i is not None)
         self._loss_tracker.update_state(
-            unscale_loss_for_distribution(step.loss),
-            sample_weight=ops.shape(first_input)[0],
+            unscale_loss_for_distribution(step.loss), sample_weight=_batch.size(step.x)
         )
         kept = ops.cast(finite, "float32")
         for name in self._statistic_names:
@@ -703,13 +704,14 @@ class SharpnessAware(keras.Model):
                 logs = self._update_metrics(step, finite)
             metrics = [scope.get_current_value(v) for v in self.metrics_variables]
 
-            new_weights, new_optimizer_values = self.optimizer.stateless_apply(
-                optimizer_values, grads, weights
-            )
-            if not self._optimizer_skips_non_finite:
-                new_weights = _select(finite, new_weights, weights)
-                new_optimizer_values = _select(
-                    finite, new_optimizer_values, optimizer_values
+            def apply():
+                return self.optimizer.stateless_apply(optimizer_values, grads, weights)
+
+            if self._optimizer_skips_non_finite:
+                new_weights, new_optimizer_values = apply()
+            else:
+                new_weights, new_optimizer_values = ops.cond(
+                    finite, apply, lambda: (list(weights), list(optimizer_values))
                 )
             new_non_trainable = _select(finite, step.new_non_trainable, non_trainable)
             state = (new_weights, new_non_trainable, new_optimizer_values, metrics)
@@ -834,8 +836,7 @@ def _split_batch(x, y, sample_weight, chunks):
     """`chunks` consecutive parts of a batch, as `(x, y, sample_weight,
     fraction, (start, size))`: sizes differ by at most one, `fraction` is a
     part's share of the batch, `start` its first row, `size` the batch's."""
-    first = next(t for t in keras.tree.flatten(x) if t is not None)
-    size = ops.shape(first)[0]
+    size = _batch.size(x)
     if isinstance(size, int) and size < chunks:
         raise ValueError(
             f"`perturbation_chunks` splits each batch into {chunks} parts, but a "
@@ -844,17 +845,18 @@ def _split_batch(x, y, sample_weight, chunks):
     parts = []
     for k in range(chunks):
         start, stop = (k * size) // chunks, ((k + 1) * size) // chunks
-
-        def take(tensor, start=start, stop=stop):
-            return None if tensor is None else tensor[start:stop]
-
         fraction = ops.cast(stop - start, "float32") / ops.cast(size, "float32")
-        parts.append((
-            *(keras.tree.map_structure(take, part) for part in (x, y, sample_weight)),
-            fraction,
-            (start, size),
-        ))
+        parts.append((*_batch.rows((x, y, sample_weight), start, stop), fraction, (start, size)))
     return parts
+
+
+def _model_supports_jit(model):
+    """Keras's own test of whether every layer of `model` compiles with XLA."""
+    try:
+        from keras.src.trainers.trainer import model_supports_jit
+    except ImportError:  # a Keras that moved it: keep Keras's choice
+        return False
+    return model_supports_jit(model)
 
 
 def _select(condition, new_values, old_values):

@@ -636,3 +636,47 @@ def test_tram_with_gradient_accumulation_matches_closed_form(variant):
     np.testing.assert_allclose(history["divergence"], divergences, rtol=1e-4, atol=1e-7)
     assert all(d > 0 for d in divergences[2:])
     _assert_weights(model, weights)
+
+
+TRACED_METHODS = {
+    **ALL_METHODS,
+    "sam": lambda m: keras_tram.SAM(m),
+    "asam": lambda m: keras_tram.ASAM(m),
+}
+
+
+def _step_calls(trainer, x, y):
+    """How often `fit` (3 epochs, then 3 more) runs `trainer.train_step`'s
+    Python: each trace on TensorFlow and JAX, each batch on torch."""
+    trainer.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+    calls = []
+    step = trainer.train_step
+    trainer.train_step = lambda *args: calls.append(1) or step(*args)
+    counts = []
+    for _ in range(2):
+        trainer.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+        counts.append(len(calls))
+    return counts
+
+
+@pytest.mark.parametrize("name", sorted(TRACED_METHODS))
+def test_the_step_is_traced_once(name):
+    """Same-shaped batches trace the step as often as Keras traces a plain
+    model's (TensorFlow: twice, the first call creating variables; JAX: once),
+    and never again: nothing the method keeps between steps reaches the step
+    as a Python value. Torch runs the step eagerly: once per batch."""
+    x, y, _ = make_data()
+    plain = _step_calls(make_mlp()[0], x, y)
+    model, _ = make_mlp(dropout=0.2)
+    calls = _step_calls(TRACED_METHODS[name](model), x, y)
+    assert calls == plain == ([6, 12] if BACKEND == "torch" else [plain[0]] * 2)
+
+
+def test_jit_compile_defaults_to_xla_where_it_is_faster():
+    """`compile()` compiles the step with XLA on TensorFlow, CPU included (Keras
+    leaves it off on a CPU), and on JAX; torch stays eager, as in Keras."""
+    wrapped = keras_tram.SAM(make_mlp()[0])
+    wrapped.compile(optimizer="sgd", loss=cross_entropy())
+    assert wrapped.jit_compile is (BACKEND != "torch")
+    wrapped.compile(optimizer="sgd", loss=cross_entropy(), jit_compile=False)
+    assert wrapped.jit_compile is False

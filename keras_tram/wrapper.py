@@ -252,14 +252,6 @@ class SharpnessAware(keras.Model):
             component.fill(self.trainable_variables)
         return super().make_train_function(force=force)
 
-    def _resolve_auto_jit_compile(self):
-        # Keras leaves XLA off on a CPU-only TensorFlow. This step's many
-        # small ops make XLA faster there too (benchmarks/step_time.py).
-        resolved = super()._resolve_auto_jit_compile()
-        if resolved or keras.backend.backend() != "tensorflow" or self._distribute_strategy:
-            return resolved
-        return _model_supports_jit(self)
-
     def call(self, inputs, training=None):
         noise = self._active_noise
         if noise is not None and self._noise_layer(noise) is None:
@@ -849,15 +841,6 @@ def _split_batch(x, y, sample_weight, chunks):
         fraction = ops.cast(stop - start, "float32") / ops.cast(size, "float32")
         parts.append((*_batch.rows((x, y, sample_weight), start, stop), fraction, (start, size)))
     return parts
-
-
-def _model_supports_jit(model):
-    """Keras's own test of whether every layer of `model` compiles with XLA."""
-    try:
-        from keras.src.trainers.trainer import model_supports_jit
-    except ImportError:  # a Keras that moved it: keep Keras's choice
-        return False
-    return model_supports_jit(model)
 
 
 def _select(condition, new_values, old_values):

@@ -670,13 +670,3 @@ def test_the_step_is_traced_once(name):
     model, _ = make_mlp(dropout=0.2)
     calls = _step_calls(TRACED_METHODS[name](model), x, y)
     assert calls == plain == ([6, 12] if BACKEND == "torch" else [plain[0]] * 2)
-
-
-def test_jit_compile_defaults_to_xla_where_it_is_faster():
-    """`compile()` compiles the step with XLA on TensorFlow, CPU included (Keras
-    leaves it off on a CPU), and on JAX; torch stays eager, as in Keras."""
-    wrapped = keras_tram.SAM(make_mlp()[0])
-    wrapped.compile(optimizer="sgd", loss=cross_entropy())
-    assert wrapped.jit_compile is (BACKEND != "torch")
-    wrapped.compile(optimizer="sgd", loss=cross_entropy(), jit_compile=False)
-    assert wrapped.jit_compile is False

@@ -69,6 +69,17 @@ def _torch_value_and_grad(fn):
     return wrapped
 
 
+def fused_global_norm(tensors):
+    """The L2 norm of float32 `tensors` taken as one vector, in one fused
+    call on torch (where a Keras op per tensor costs more than the norm
+    itself); None elsewhere, where the compiler fuses the per-tensor norms."""
+    if keras.backend.backend() != "torch" or not tensors:
+        return None
+    import torch
+
+    return torch.nn.utils.get_total_norm(tensors)
+
+
 def values_of(variables):
     """Current values of Keras variables as plain tensors, outside any tape."""
     backend = keras.backend.backend()

@@ -14,13 +14,18 @@ direction of size 1 in the geometry's own norm. A zero gradient gives `ε = 0`.
 import keras
 from keras import ops
 
+from keras_tram import _backend
 from keras_tram._config import Configurable
 from keras_tram._validation import check_non_negative
 
 
 def global_norm(tensors):
     """The L2 norm of a list of tensors taken as one vector, in float32."""
-    return ops.norm(ops.stack([_norm(t) for t in as_float32(tensors)]))
+    tensors = as_float32(tensors)
+    fused = _backend.fused_global_norm(tensors)
+    if fused is not None:
+        return fused
+    return ops.norm(ops.stack([_norm(t) for t in tensors]))
 
 
 def _norm(tensor):
@@ -38,12 +43,16 @@ def safe_reciprocal(x):
 
 def as_float32(tensors):
     """Tensors in float32, cast only where they are not already."""
-    return [
-        ops.convert_to_tensor(t)
-        if keras.backend.standardize_dtype(t.dtype) == "float32"
-        else ops.cast(t, "float32")
-        for t in tensors
-    ]
+    return [as_dtype(t, "float32") for t in tensors]
+
+
+def as_dtype(tensor, dtype):
+    """`tensor` as a backend tensor of `dtype`, unchanged if it already is one
+    (on torch, a Keras op per weight costs as much as the arithmetic)."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    if ops.is_tensor(tensor) and keras.backend.standardize_dtype(tensor.dtype) == dtype:
+        return tensor
+    return ops.cast(tensor, dtype)
 
 
 class Geometry(Configurable):

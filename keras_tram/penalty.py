@@ -34,11 +34,11 @@ class Penalty(trust_region.Distance):
         super().__init__(reference, divergence, from_logits, output_key)
         self.weight = check_non_negative("weight", weight)
 
-    def __call__(self, step, weights, y_pred):
-        """Returns `(d, weight · share)` for predictions `y_pred` at `weights`:
-        `d` over the whole batch, and the penalty on this replica's share of
-        it (the whole `d` on one device)."""
-        share, d = self.measure(step, weights, y_pred)
+    def __call__(self, step, weights, y_pred, at_step_weights=True):
+        """Returns `(d, weight · share)` for predictions `y_pred` at `weights`
+        (the step's own, or perturbed ones): `d` over the whole batch, and the
+        penalty on this replica's share of it (the whole `d` on one device)."""
+        share, d = self.measure(step, weights, y_pred, at_step_weights=at_step_weights)
         return d, self.weight * share
 
     def get_config(self):

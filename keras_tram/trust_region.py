@@ -112,10 +112,11 @@ class Reference(Component):
     def predictions(self, step, weights):
         raise NotImplementedError
 
-    def is_current(self, step, weights):
-        """A boolean tensor, true when the reference is the model at `weights`
-        itself (so `d` is exactly 0, whatever the rounding of two separately
-        compiled forward passes), or None if it never is."""
+    def is_current(self, step):
+        """A boolean tensor, true when the reference is the model at the
+        step's weights itself (so `d` there is exactly 0, whatever the
+        rounding of two separately compiled forward passes), or None if it
+        never is."""
         return None
 
 
@@ -149,9 +150,11 @@ class Distance(Component):
     def uses_noise(self):
         return self.reference.uses_noise
 
-    def measure(self, step, weights, current, replica_sum=_backend.replica_sum):
-        """`d` for predictions `current` at `weights`, exactly 0 where the
-        reference is the current model, as `(share, d)`.
+    def measure(self, step, weights, current, replica_sum=_backend.replica_sum,
+                at_step_weights=True):
+        """`d` for predictions `current` at `weights`, as `(share, d)`; exactly
+        0 when `weights` are the step's own (`at_step_weights`) and the
+        reference is the model there.
 
         `d` is measured over the batch of every replica (`replica_sum` adds
         up the replicas' sums; pass an identity for one replica's own `d`).
@@ -169,7 +172,7 @@ class Distance(Component):
         share = _ratio(total, count)
         (summed,) = replica_sum([ops.stop_gradient(total)])
         d = _ratio(summed, count)
-        is_current = self.reference.is_current(step, weights)
+        is_current = self.reference.is_current(step) if at_step_weights else None
         if is_current is None:
             return share, d
         return ops.where(is_current, 0.0, share), ops.where(is_current, 0.0, d)
@@ -191,6 +194,11 @@ class _WeightReference(Reference):
     when training starts (`fill`), unless it already holds some, e.g. from a
     checkpoint, so the first step has `d = 0` and the step itself never
     branches on it.
+
+    A second flag says whether the copy is the current weights: set when
+    training starts by comparing them (once per `fit`, not per step: the
+    comparison reads every weight twice), cleared by the first update the
+    optimizer applies. While it is set, `d` is exactly 0.
     """
 
     def build(self, wrapper):
@@ -208,25 +216,37 @@ class _WeightReference(Reference):
             shape=(), dtype="float32", initializer="zeros", trainable=False,
             name=f"{self.name}_filled",
         )
+        self.current = wrapper.add_weight(
+            shape=(), dtype="float32", initializer="zeros", trainable=False,
+            name=f"{self.name}_current",
+        )
 
     def fill(self, trainable_variables):
-        if float(ops.convert_to_numpy(self.filled)) > 0:
-            return
-        for copy, variable in zip(self.copies, trainable_variables):
-            copy.assign(ops.copy(variable.value))  # a buffer of its own (JAX donates)
-        self.filled.assign(1.0)
+        if float(ops.convert_to_numpy(self.filled)) <= 0:
+            for copy, variable in zip(self.copies, trainable_variables):
+                copy.assign(ops.copy(variable.value))  # a buffer of its own (JAX donates)
+            self.filled.assign(1.0)
+        equal = _backend.all_equal(
+            [copy.value for copy in self.copies], [v.value for v in trainable_variables]
+        )
+        self.current.assign(1.0 if bool(ops.convert_to_numpy(equal)) else 0.0)
 
     def reference_weights(self, step):
         return [step.value_of(copy) for copy in self.copies]
 
-    def is_current(self, step, weights):
-        return _backend.all_equal(self.reference_weights(step), weights)
+    def is_current(self, step):
+        return ops.greater(step.value_of(self.current), 0.0)
 
     def predictions(self, step, weights):
         return step.forward(self.reference_weights(step))
 
     def update(self, step):
-        return list(zip(self.copies, self.new_copies(step)))
+        return list(zip(self.copies, self.new_copies(step))) + self._moved()
+
+    def _moved(self):
+        """The update that clears the `current` flag: after an applied update
+        the weights have moved away from the copy."""
+        return [(self.current, ops.zeros((), "float32"))]
 
     def new_copies(self, step):
         raise NotImplementedError
@@ -255,7 +275,7 @@ class InitialWeights(_WeightReference):
     name = "initial_weights"
 
     def update(self, step):
-        return []
+        return self._moved()
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")

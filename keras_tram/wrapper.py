@@ -82,6 +82,43 @@ class Step:
         return self.non_trainable[self._index[id(variable)]]
 
 
+class StepStatistics(keras.metrics.Metric):
+    """The means of a step's logged statistics over the steps that were kept,
+    and the number of skipped steps, as one metric: one update per step for
+    all of them (on torch each metric update costs a tenth of a millisecond).
+
+    `result()` is a dict: each name's mean (0 before any kept step) and
+    `skipped_steps`.
+    """
+
+    def __init__(self, names, name="step_statistics", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.names = tuple(names)
+        self.totals = self.add_variable(
+            shape=(len(self.names),), initializer="zeros", name="totals"
+        )
+        self.kept = self.add_variable(shape=(), initializer="zeros", name="kept")
+        self.skipped = self.add_variable(shape=(), initializer="zeros", name="skipped")
+
+    def update_state(self, values, finite, skip_weight=1.0):
+        """Adds `values` (one scalar per name) if `finite`, else counts a skip
+        (of weight `skip_weight`)."""
+        values = ops.stack([ops.cast(v, "float32") for v in values])
+        self.totals.assign_add(ops.where(finite, values, 0.0))
+        kept = ops.cast(finite, "float32")
+        self.kept.assign_add(kept)
+        self.skipped.assign_add((1.0 - kept) * skip_weight)
+
+    def result(self):
+        means = ops.divide_no_nan(self.totals, self.kept)
+        results = {name: means[i] for i, name in enumerate(self.names)}
+        results["skipped_steps"] = ops.convert_to_tensor(self.skipped)
+        return results
+
+    def get_config(self):
+        return {"names": self.names, **super().get_config()}
+
+
 @keras.saving.register_keras_serializable(package="keras_tram")
 class SharpnessAware(keras.Model):
     """Wraps a model so that `fit` runs a sharpness-aware step.
@@ -187,9 +224,7 @@ class SharpnessAware(keras.Model):
         if self.uses_noise:
             self.noise_seed_generator = keras.random.SeedGenerator()
         self._statistic_names = self._choose_statistics()
-        for name in self._statistic_names:
-            setattr(self, f"{name}_tracker", keras.metrics.Mean(name=name))
-        self.skipped_steps_tracker = keras.metrics.Sum(name="skipped_steps")
+        self.statistics_tracker = StepStatistics(self._statistic_names)
         self._components_built = False
         if model.built:
             self.build(None)
@@ -411,7 +446,7 @@ class SharpnessAware(keras.Model):
                 weights, non_trainable, inputs, training=True, return_losses=True
             )
 
-    def _loss(self, weights, step, metrics, loss_scale, noise=None):
+    def _loss(self, weights, step, metrics, loss_scale, noise=None, at_step_weights=True):
         """Stateless loss at `weights`.
 
         Returns `(scaled_objective, (loss, y_pred, non_trainable, metrics,
@@ -440,7 +475,7 @@ class SharpnessAware(keras.Model):
         metrics = [scope.get_current_value(v) for v in self.metrics_variables]
         objective, statistics = loss, {}
         if self.penalty is not None:
-            d, penalty = self.penalty(step, weights, y_pred)
+            d, penalty = self.penalty(step, weights, y_pred, at_step_weights)
             statistics = {
                 self._penalty_divergence_name: d, "penalty": self.penalty.weight * d,
             }
@@ -536,9 +571,9 @@ class SharpnessAware(keras.Model):
         into chunks); returns that part's share of the descent gradient."""
         objective_scale = loss_scale if fraction is None else loss_scale * fraction
 
-        def grad_fn(w, noise=None):
+        def grad_fn(w, noise=None, at_step_weights=True):
             return _backend.value_and_grad(
-                lambda w: self._loss(w, step, metrics, objective_scale, noise)
+                lambda w: self._loss(w, step, metrics, objective_scale, noise, at_step_weights)
             )(w)
 
         (_, aux), scaled_grads = grad_fn(step.weights, self.ascent_noise)
@@ -552,8 +587,8 @@ class SharpnessAware(keras.Model):
         radius = ops.cast(self.radius(step), "float32")
         step.statistics["radius"] = radius
         epsilon = self.geometry.perturbation(grads, step.weights, radius, step.grad_norm)
-        perturbed = [w + ops.cast(e, w.dtype) for w, e in zip(step.weights, epsilon)]
-        return grad_fn(perturbed)[1]
+        perturbed = [w + geometry_lib.as_dtype(e, w.dtype) for w, e in zip(step.weights, epsilon)]
+        return grad_fn(perturbed, at_step_weights=False)[1]
 
     def _mean_gradient(self, scaled_grads, loss_scale, fraction):
         """`g`, the gradient of the mean loss over the batch the perturbation
@@ -653,15 +688,12 @@ class SharpnessAware(keras.Model):
         self._loss_tracker.update_state(
             unscale_loss_for_distribution(step.loss), sample_weight=_batch.size(step.x)
         )
-        kept = ops.cast(finite, "float32")
-        for name in self._statistic_names:
-            value = ops.where(finite, ops.cast(step.statistics[name], "float32"), 0.0)
-            getattr(self, f"{name}_tracker").update_state(value, sample_weight=kept)
-        skipped = 1.0 - kept
-        if _backend.splits_batch_across_replicas():
-            # Every replica skips a step together; count it once.
-            skipped = skipped / float(_backend.replica_count())
-        self.skipped_steps_tracker.update_state(skipped)
+        # Every replica skips a step together; count it once.
+        replicas = _backend.replica_count() if _backend.splits_batch_across_replicas() else 1
+        self.statistics_tracker.update_state(
+            [step.statistics[name] for name in self._statistic_names], finite,
+            skip_weight=1.0 / replicas,
+        )
         return self.compute_metrics(step.x, step.y, step.y_pred, step.sample_weight)
 
     @property

@@ -2,7 +2,7 @@
 
     python benchmarks/step_time.py [--readme README.md] [--backends tensorflow,jax,torch]
         [--models mlp,conv,transformer] [--methods sam,tram-previous_step,...]
-        [--steps 30] [--repeats 3] [--jit-compile auto|true|false] [--no-peers]
+        [--steps 30] [--repeats 5] [--jit-compile auto|true|false] [--no-peers]
 
 Each (backend, model) pair runs in its own process. There, plain `fit`, every
 method and the backend's peers (see `peers.py`) train the same model on the
@@ -265,7 +265,7 @@ def main():
     parser.add_argument("--models", default=",".join(models.SPECS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--jit-compile", default="auto",
                         help="auto, true or false, for every backend or per backend "
                              "(tensorflow=true,jax=auto)")

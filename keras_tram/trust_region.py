@@ -195,10 +195,11 @@ class _WeightReference(Reference):
     checkpoint, so the first step has `d = 0` and the step itself never
     branches on it.
 
-    A second flag says whether the copy is the current weights: set when
-    training starts by comparing them (once per `fit`, not per step: the
-    comparison reads every weight twice), cleared by the first update the
-    optimizer applies. While it is set, `d` is exactly 0.
+    A second flag says that the copy is still the current weights: set when
+    the copy is taken, cleared by the first update the optimizer applies (or,
+    when training starts again, if the weights were changed meanwhile). While
+    it is set, `d` is exactly 0. Keeping a flag spares the step a comparison
+    that would read every weight twice.
     """
 
     def build(self, wrapper):
@@ -226,10 +227,12 @@ class _WeightReference(Reference):
             for copy, variable in zip(self.copies, trainable_variables):
                 copy.assign(ops.copy(variable.value))  # a buffer of its own (JAX donates)
             self.filled.assign(1.0)
-        equal = _backend.all_equal(
-            [copy.value for copy in self.copies], [v.value for v in trainable_variables]
-        )
-        self.current.assign(1.0 if bool(ops.convert_to_numpy(equal)) else 0.0)
+            self.current.assign(1.0)
+        elif float(ops.convert_to_numpy(self.current)) > 0:
+            equal = _backend.all_equal(
+                [copy.value for copy in self.copies], [v.value for v in trainable_variables]
+            )
+            self.current.assign(1.0 if bool(ops.convert_to_numpy(equal)) else 0.0)
 
     def reference_weights(self, step):
         return [step.value_of(copy) for copy in self.copies]

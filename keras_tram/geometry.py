@@ -130,3 +130,38 @@ class Fisher(Geometry):
 
     def get_config(self):
         return {"eta": self.eta}
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class Released(Geometry):
+    """The perturbation of TRAM's released code (tomsherborne/tram_optimizer).
+
+    `ε = r · T² / (‖T ⊙ g‖ + 1e-12)` with `T = |θ|` (`adaptive=True`), or
+    `ε = r / (‖g‖ + 1e-12)` added to every weight (`adaptive=False`). The
+    gradient enters only through the norm, so each weight moves by `s · θ²`
+    whatever the sign of its gradient: this is not the paper's equation
+    (`Adaptive` is), and exists to reproduce published numbers. As in that
+    code, a zero gradient with a radius above 0 divides by 1e-12.
+
+    Args:
+        adaptive: whether `T = |θ|` (True, TRAM's form) or `T = 1`.
+    """
+
+    def __init__(self, adaptive=True):
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"`adaptive` must be True or False; received {adaptive!r}.")
+        self.adaptive = adaptive
+
+    def perturbation(self, grads, weights, radius, grad_norm=None):
+        grads = as_float32(grads)
+        if not self.adaptive:
+            norm = global_norm(grads) if grad_norm is None else grad_norm
+            scale = radius / (norm + 1e-12)
+            return [ops.ones_like(g) * scale for g in grads]
+        weights = as_float32(weights)
+        # ‖|θ| ⊙ g‖ = ‖θ ⊙ g‖.
+        scale = radius / (global_norm([w * g for w, g in zip(weights, grads)]) + 1e-12)
+        return [ops.square(w) * scale for w in weights]
+
+    def get_config(self):
+        return {"adaptive": self.adaptive}

@@ -7,9 +7,11 @@ from keras_tram._validation import check_fraction
 from keras_tram.geometry import Adaptive
 from keras_tram.geometry import Euclidean
 from keras_tram.geometry import Fisher
+from keras_tram.geometry import Released
 from keras_tram.penalty import Penalty
 from keras_tram.radius import Constant
 from keras_tram.radius import TrustRegion
+from keras_tram.reduction import ElementMean
 from keras_tram.trust_region import InitialWeights
 from keras_tram.trust_region import MovingAverageWeights
 from keras_tram.trust_region import NoisedInputs
@@ -115,6 +117,7 @@ class FSAM(SharpnessAware):
 
 TRAM_VARIANTS = ("previous_step", "pretrained", "input_noise", "fisher")
 _NOISE_VARIANTS = ("input_noise", "fisher")
+FORMULATIONS = ("paper", "released")
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
@@ -154,6 +157,17 @@ class TRAM(SharpnessAware):
         divergence_batch_fraction: in (0, 1]: measure `d` on the first
             `ceil(fraction · batch)` examples, so the reference's forward
             pass costs that fraction of a full one (default 1, the paper's).
+        formulation: `"paper"` (the default: the equations above) or
+            `"released"`, the authors' released code, which differs from the
+            paper and exists to reproduce published numbers: its perturbation
+            is `ε = d · θ² / (‖θ ⊙ g‖ + 1e-12)` (the gradient enters only
+            through the norm; `keras_tram.geometry.Released`) and its `d` is
+            the mean of the KL over every element (batch × classes, ×
+            positions, padding included) divided by the batch size again,
+            times `logit_scale` (`keras_tram.reduction.ElementMean`). For the
+            trust-region variants only, without `eta`.
+        logit_scale: multiplies the released formulation's `d` (default 1);
+            only with `formulation="released"`.
 
     Example:
 
@@ -170,9 +184,28 @@ class TRAM(SharpnessAware):
     def __init__(self, model, variant="previous_step", noise_stddev=None, eta=None,
                  rho=None, divergence="kl", radius_scale=1.0, max_radius=None,
                  noise_layer=None, from_logits=True, output_key="logits",
-                 divergence_batch_fraction=1.0, **kwargs):
+                 divergence_batch_fraction=1.0, formulation="paper", logit_scale=None,
+                 **kwargs):
         check_choice("variant", variant, TRAM_VARIANTS)
         check_fraction("divergence_batch_fraction", divergence_batch_fraction)
+        check_choice("formulation", formulation, FORMULATIONS)
+        released = formulation == "released"
+        if released and variant == "fisher":
+            raise ValueError(
+                "`formulation`='released' applies to the trust-region variants "
+                "'previous_step', 'pretrained' and 'input_noise'; variant='fisher' "
+                "takes the paper's formulation only."
+            )
+        if released and eta is not None:
+            raise ValueError(
+                "`eta` is not part of the released formulation (its perturbation "
+                "scales by |θ| alone); leave it out with formulation='released'."
+            )
+        if logit_scale is not None and not released:
+            raise ValueError(
+                "`logit_scale` scales the released formulation's divergence; pass "
+                "formulation='released' with it, or leave it out."
+            )
         if variant not in _NOISE_VARIANTS and noise_stddev is not None:
             raise ValueError(
                 f"`noise_stddev` applies to the variants {_NOISE_VARIANTS}; "
@@ -209,21 +242,31 @@ class TRAM(SharpnessAware):
                 reference, divergence=divergence, radius_scale=radius_scale,
                 max_radius=max_radius, from_logits=from_logits, output_key=output_key,
                 batch_fraction=divergence_batch_fraction,
+                reduction=ElementMean(1.0 if logit_scale is None else logit_scale)
+                if released else None,
             )
-            parts = dict(geometry=Adaptive(0.0 if eta is None else eta), radius=radius)
+            geometry = Released() if released else Adaptive(0.0 if eta is None else eta)
+            parts = dict(geometry=geometry, radius=radius)
         super().__init__(model, **parts, **kwargs)
         if isinstance(noise_layer, keras.layers.Layer):
             noise_layer = noise_layer.name
-        self._arguments = dict(
+        arguments = dict(
             variant=variant, noise_stddev=noise_stddev, eta=eta, rho=rho,
             divergence=divergence, radius_scale=radius_scale, max_radius=max_radius,
             noise_layer=noise_layer, from_logits=from_logits, output_key=output_key,
             divergence_batch_fraction=divergence_batch_fraction,
         )
+        if released:  # left out otherwise, so that configs read as before
+            arguments.update(formulation=formulation, logit_scale=logit_scale)
+        self._arguments = arguments
 
     @property
     def variant(self):
         return self._arguments["variant"]
+
+    @property
+    def formulation(self):
+        return self._arguments.get("formulation", "paper")
 
     def get_config(self):
         return {**self._base_config(), **self._arguments}

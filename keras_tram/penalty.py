@@ -27,11 +27,13 @@ class Penalty(trust_region.Distance):
         divergence: `"kl"`, `"reverse_kl"` or `"symmetric_kl"`.
         from_logits: whether the model outputs logits (else probabilities).
         output_key: the entry of a dict output that holds the logits.
+        reduction: a `keras_tram.reduction.Reduction` (default: the paper's
+            `PerPosition()`).
     """
 
     def __init__(self, reference, weight=0.1, divergence="kl", from_logits=True,
-                 output_key="logits"):
-        super().__init__(reference, divergence, from_logits, output_key)
+                 output_key="logits", reduction=None):
+        super().__init__(reference, divergence, from_logits, output_key, reduction)
         self.weight = check_non_negative("weight", weight)
 
     def __call__(self, step, weights, y_pred, at_step_weights=True):

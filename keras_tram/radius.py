@@ -61,11 +61,15 @@ class TrustRegion(trust_region.Distance, Radius):
             (1, the default, is the paper's method).
         from_logits: whether the model outputs logits (else probabilities).
         output_key: the entry of a dict output that holds the logits.
+        reduction: a `keras_tram.reduction.Reduction`: how the batch's
+            divergence becomes `d` (default: the paper's `PerPosition()`;
+            `ElementMean()` is the authors' released code's).
     """
 
     def __init__(self, reference, divergence="kl", radius_scale=1.0, max_radius=None,
-                 from_logits=True, output_key="logits", batch_fraction=1.0):
-        super().__init__(reference, divergence, from_logits, output_key)
+                 from_logits=True, output_key="logits", batch_fraction=1.0,
+                 reduction=None):
+        super().__init__(reference, divergence, from_logits, output_key, reduction)
         self.batch_fraction = check_fraction("batch_fraction", batch_fraction)
         self.radius_scale = check_non_negative("radius_scale", radius_scale)
         self.max_radius = (

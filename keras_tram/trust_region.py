@@ -19,6 +19,7 @@ import keras
 from keras import ops
 
 from keras_tram import _backend
+from keras_tram import reduction as reduction_lib
 from keras_tram._config import Component
 from keras_tram._validation import check_choice
 from keras_tram._validation import check_instance
@@ -35,8 +36,9 @@ def _log_probabilities(outputs, from_logits):
     return ops.log(ops.clip(outputs, 1e-12, 1.0))
 
 
-def divergence(reference, current, kind="kl", sample_weight=None, from_logits=True):
-    """The mean divergence between two batches of predictions, in float32.
+def divergence(reference, current, kind="kl", sample_weight=None, from_logits=True,
+               reduction=None):
+    """The divergence between two batches of predictions, in float32.
 
     Args:
         reference, current: logits (or probabilities, `from_logits=False`)
@@ -47,18 +49,24 @@ def divergence(reference, current, kind="kl", sample_weight=None, from_logits=Tr
         sample_weight: optional weights over the leading axes (`(batch,)` or
             `(batch, time)`, e.g. a padding mask). With weights the result is
             `Σ w·KL / Σ w`: positions of weight 0 do not count at all.
+        reduction: a `keras_tram.reduction.Reduction`; the default,
+            `PerPosition()`, is the paper's.
 
     Returns:
-        The per-position divergence summed over classes, averaged over
-        examples (and positions), as a float32 scalar; 0 for an empty batch.
+        By default the per-position divergence summed over classes, averaged
+        over examples (and positions), as a float32 scalar; 0 for an empty
+        batch.
     """
-    total, count = divergence_sums(reference, current, kind, sample_weight, from_logits)
-    return _ratio(total, count)
+    reduction = reduction_lib.PerPosition() if reduction is None else reduction
+    numerator, denominators = reduction.sums(
+        pointwise_divergence(reference, current, kind, from_logits),
+        _classes(current), sample_weight,
+    )
+    return reduction.value(numerator, denominators)
 
 
-def divergence_sums(reference, current, kind="kl", sample_weight=None, from_logits=True):
-    """`(Σ w·KL, Σ w)` over the positions of a batch: `divergence` before its
-    division, so that parts of a batch (replicas, chunks) add up exactly."""
+def pointwise_divergence(reference, current, kind="kl", from_logits=True):
+    """The divergence at each position, summed over the classes (the last axis)."""
     check_choice("divergence", kind, DIVERGENCES)
     log_p = _log_probabilities(reference, from_logits)
     log_q = _log_probabilities(current, from_logits)
@@ -68,19 +76,11 @@ def divergence_sums(reference, current, kind="kl", sample_weight=None, from_logi
         pointwise = ops.exp(log_q) * (log_q - log_p)
     else:
         pointwise = (ops.exp(log_p) - ops.exp(log_q)) * (log_p - log_q)
-    per_position = ops.sum(pointwise, axis=-1)
-    if sample_weight is None:
-        return ops.sum(per_position), ops.cast(ops.size(per_position), "float32")
-    weight = ops.cast(sample_weight, "float32")
-    while len(weight.shape) < len(per_position.shape):
-        weight = ops.expand_dims(weight, -1)
-    weight = ops.broadcast_to(weight, ops.shape(per_position))
-    return ops.sum(weight * per_position), ops.sum(weight)
+    return ops.sum(pointwise, axis=-1)
 
 
-def _ratio(total, count):
-    positive = count > 0
-    return ops.where(positive, total / ops.where(positive, count, 1.0), 0.0)
+def _classes(outputs):
+    return ops.shape(outputs)[-1]
 
 
 def select_logits(outputs, key="logits"):
@@ -129,13 +129,20 @@ class Distance(Component):
         divergence: `"kl"`, `"reverse_kl"` or `"symmetric_kl"`.
         from_logits: whether the model outputs logits (else probabilities).
         output_key: the entry of a dict output that holds the logits.
+        reduction: a `keras_tram.reduction.Reduction`, how the batch's
+            pointwise divergence becomes `d`; None (the default) is the
+            paper's `PerPosition()`.
     """
 
-    def __init__(self, reference, divergence="kl", from_logits=True, output_key="logits"):
+    def __init__(self, reference, divergence="kl", from_logits=True, output_key="logits",
+                 reduction=None):
         self.reference = check_instance("reference", reference, Reference)
         self.divergence = check_choice("divergence", divergence, DIVERGENCES)
         self.from_logits = bool(from_logits)
         self.output_key = output_key
+        if reduction is not None:
+            check_instance("reduction", reduction, reduction_lib.Reduction)
+        self.reduction = reduction_lib.PerPosition() if reduction is None else reduction
 
     def build(self, wrapper):
         self.reference.build(wrapper)
@@ -161,17 +168,18 @@ class Distance(Component):
         `share` is this replica's part of it, the one to differentiate: the
         replicas' shares add up to `d`, as their gradients do.
         """
-        total, count = divergence_sums(
-            select_logits(self.reference.predictions(step, weights), self.output_key),
-            select_logits(current, self.output_key),
-            self.divergence,
-            step.sample_weight,
-            self.from_logits,
+        current = select_logits(current, self.output_key)
+        numerator, denominators = self.reduction.sums(
+            pointwise_divergence(
+                select_logits(self.reference.predictions(step, weights), self.output_key),
+                current, self.divergence, self.from_logits,
+            ),
+            _classes(current), step.sample_weight,
         )
-        (count,) = replica_sum([count])
-        share = _ratio(total, count)
-        (summed,) = replica_sum([ops.stop_gradient(total)])
-        d = _ratio(summed, count)
+        denominators = replica_sum(list(denominators))
+        share = self.reduction.value(numerator, denominators)
+        (summed,) = replica_sum([ops.stop_gradient(numerator)])
+        d = self.reduction.value(summed, denominators)
         is_current = self.reference.is_current(step) if at_step_weights else None
         if is_current is None:
             return share, d
@@ -183,7 +191,14 @@ class Distance(Component):
             "divergence": self.divergence,
             "from_logits": self.from_logits,
             "output_key": self.output_key,
+            **self._reduction_config(),
         }
+
+    def _reduction_config(self):
+        # The paper's reduction is left out, so that configs read as before.
+        if isinstance(self.reduction, reduction_lib.PerPosition):
+            return {}
+        return {"reduction": keras.saving.serialize_keras_object(self.reduction)}
 
 
 class _WeightReference(Reference):

@@ -160,10 +160,13 @@ class SharpnessAware(keras.Model):
             into this many consecutive parts, each perturbed from its own
             gradient and radius; the descent gradient is their size-weighted
             mean. Costs no extra gradient work, but smaller batches per pass.
+        log_relative_perturbation: whether to log `relative_perturbation`,
+            `‖ε‖ / ‖θ‖` over all trainable weights (how far each step really
+            moves the weights), at the cost of two more norms per step.
 
-    The named methods (`SAM`, `TRAM`, ...) take `perturbation_scope` and
-    `perturbation_chunks` as keywords too; the methods without a
-    perturbation (TRPO, R3F, MESA) ignore them.
+    The named methods (`SAM`, `TRAM`, ...) take `perturbation_scope`,
+    `perturbation_chunks` and `log_relative_perturbation` as keywords too;
+    the methods without a perturbation (TRPO, R3F, MESA) ignore them.
 
     Example:
 
@@ -181,7 +184,7 @@ class SharpnessAware(keras.Model):
 
     def __init__(self, model, geometry=None, radius=None, penalty=None,
                  ascent_noise=None, perturbation_scope="global", perturbation_chunks=1,
-                 **kwargs):
+                 log_relative_perturbation=False, **kwargs):
         super().__init__(**kwargs)
         self.model = check_model(model)
         _backend.seed_dropout(model)
@@ -211,6 +214,12 @@ class SharpnessAware(keras.Model):
         self.perturbation_chunks = check_positive_int(
             "perturbation_chunks", perturbation_chunks
         )
+        if not isinstance(log_relative_perturbation, bool):
+            raise TypeError(
+                "`log_relative_perturbation` must be True or False; received "
+                f"{log_relative_perturbation!r}."
+            )
+        self.log_relative_perturbation = log_relative_perturbation
         self.geometry = geometry
         self.radius = radius
         self.penalty = penalty
@@ -236,6 +245,8 @@ class SharpnessAware(keras.Model):
         names = []
         if self.geometry is not None:
             names.append("radius")
+            if self.log_relative_perturbation:
+                names.append("relative_perturbation")
         trust_region_radius = isinstance(self.radius, radius_lib.TrustRegion)
         if trust_region_radius:
             names.append("divergence")
@@ -587,6 +598,10 @@ class SharpnessAware(keras.Model):
         radius = ops.cast(self.radius(step), "float32")
         step.statistics["radius"] = radius
         epsilon = self.geometry.perturbation(grads, step.weights, radius, step.grad_norm)
+        if self.log_relative_perturbation:
+            step.statistics["relative_perturbation"] = geometry_lib.global_norm(
+                epsilon
+            ) * geometry_lib.safe_reciprocal(geometry_lib.global_norm(step.weights))
         perturbed = [w + geometry_lib.as_dtype(e, w.dtype) for w, e in zip(step.weights, epsilon)]
         return grad_fn(perturbed, at_step_weights=False)[1]
 
@@ -834,6 +849,7 @@ class SharpnessAware(keras.Model):
             "model": keras.saving.serialize_keras_object(self.model),
             "perturbation_scope": self.perturbation_scope,
             "perturbation_chunks": self.perturbation_chunks,
+            "log_relative_perturbation": self.log_relative_perturbation,
         }
 
     def get_config(self):

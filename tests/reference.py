@@ -176,3 +176,57 @@ def train_penalty(weights, x, y, steps, learning_rate, weight, decay):
             w - learning_rate * (g + weight * p) for w, g, p in zip(weights, grads, penalty)
         ]
     return weights, divergences
+
+
+# ------------------------------------------------- the released formulation
+
+
+def released_epsilon(grads, weights, radius, adaptive=True):
+    """The authors' released perturbation: `r · θ² / (‖|θ| g‖ + 1e-12)`, or
+    `r / (‖g‖ + 1e-12)` on every weight when not adaptive."""
+    if adaptive:
+        norm = global_norm([np.abs(w) * g for w, g in zip(weights, grads)])
+        return [radius * w**2 / (norm + 1e-12) for w in weights]
+    norm = global_norm(grads)
+    return [radius * np.ones_like(g) / (norm + 1e-12) for g in grads]
+
+
+def released_kl(reference_logits, current_logits, logit_scale=1.0):
+    """torch's `kl_div(log_softmax(current), log_softmax(reference),
+    log_target=True, reduction="mean")`, the mean over every element, divided
+    by the batch size, times `logit_scale` (padding, if any, included)."""
+    log_p, log_q = log_softmax(reference_logits), log_softmax(current_logits)
+    elementwise = np.exp(log_p) * (log_p - log_q)
+    return logit_scale * elementwise.mean() / reference_logits.shape[0]
+
+
+def train_released_tram(weights, x, y, steps, learning_rate, variant, logit_scale=1.0):
+    """Full-batch TRAM-θ_{t-1} / TRAM-θ_0 with SGD in the released formulation;
+    returns the weights and d per step."""
+    weights = [np.array(w, dtype=np.float64) for w in weights]
+    initial = [w.copy() for w in weights]
+    reference = initial
+    divergences = []
+    for _ in range(steps):
+        _, grads = mlp_loss_and_grads(weights, x, y)
+        d = released_kl(mlp_logits(reference, x), mlp_logits(weights, x), logit_scale)
+        divergences.append(d)
+        eps = released_epsilon(grads, weights, d)
+        _, descent = mlp_loss_and_grads([w + e for w, e in zip(weights, eps)], x, y)
+        previous = weights
+        weights = [w - learning_rate * g for w, g in zip(weights, descent)]
+        reference = previous if variant == "previous_step" else initial
+    return weights, divergences
+
+
+def linear_sequence_loss_and_grads(weights, x, y, sample_weight):
+    """A `Dense` layer over time, `z = x W + b` of shape `(batch, time,
+    classes)`, with Keras's sparse cross-entropy: `Σ w·l / (batch · time)`."""
+    kernel, bias = weights
+    z = x @ kernel + bias
+    p = np.exp(log_softmax(z))
+    onehot = np.eye(z.shape[-1])[y]
+    count = y.size
+    loss = (sample_weight * -np.log((p * onehot).sum(-1))).sum() / count
+    dz = (p - onehot) * sample_weight[..., None] / count
+    return loss, [np.einsum("btf,btc->fc", x, dz), dz.sum(axis=(0, 1))]

@@ -242,3 +242,37 @@ def test_more_chunks_than_examples_is_a_clear_error():
     wrapped.compile(optimizer="sgd", loss=cross_entropy(), run_eagerly=True)
     with pytest.raises(ValueError, match="`perturbation_chunks`"):
         wrapped.fit(x, y, batch_size=4, verbose=0)
+
+
+@pytest.mark.parametrize("method", ["sam", "asam_eta"])
+def test_relative_perturbation_is_logged_on_request(method):
+    """`log_relative_perturbation=True` logs the epoch mean of `‖ε‖ / ‖θ‖`."""
+    build, epsilon = METHODS[method]
+    assert "relative_perturbation" not in build(make_mlp()[0])._statistic_names
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    wrapped = {
+        "sam": lambda m: keras_tram.SAM(m, rho=0.3, log_relative_perturbation=True),
+        "asam_eta": lambda m: keras_tram.ASAM(m, rho=0.5, eta=0.1,
+                                              log_relative_perturbation=True),
+    }[method](model)
+    assert wrapped.get_config()["log_relative_perturbation"] is True
+    wrapped.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=cross_entropy())
+    history = wrapped.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    weights = [np.array(w, np.float64) for w in initial]
+    relative = []
+    for i in range(0, 16, 4):
+        _, grads = reference.mlp_loss_and_grads(weights, x[i:i + 4], y[i:i + 4])
+        eps = epsilon(grads, weights)
+        relative.append(reference.global_norm(eps) / reference.global_norm(weights))
+        perturbed = [w + e for w, e in zip(weights, eps)]
+        _, descent = reference.mlp_loss_and_grads(perturbed, x[i:i + 4], y[i:i + 4])
+        weights = [w - LEARNING_RATE * g for w, g in zip(weights, descent)]
+    np.testing.assert_allclose(history.history["relative_perturbation"], [np.mean(relative)],
+                               rtol=1e-5)
+    _assert_weights(wrapped.model, weights)
+
+
+def test_log_relative_perturbation_must_be_a_boolean():
+    with pytest.raises(TypeError, match="`log_relative_perturbation`"):
+        keras_tram.SAM(make_mlp()[0], log_relative_perturbation=1)

@@ -30,6 +30,8 @@ FRACTION = (st.floats(0.05, 1.0), st.one_of(
     st.text(max_size=2)))
 TRUST_REGION = {"eta": NUMBER, "radius_scale": NUMBER, "max_radius": OPTIONAL_NUMBER,
                 "divergence": DIVERGENCE, "divergence_batch_fraction": FRACTION}
+# The released formulation takes no `eta`, and a `logit_scale`.
+RELEASED = {**{k: v for k, v in TRUST_REGION.items() if k != "eta"}, "logit_scale": NUMBER}
 # Every method takes these; a batch of 16 splits into at most 16 chunks.
 SHARED = {
     "perturbation_scope": (st.sampled_from(["global", "per_replica"]),
@@ -49,6 +51,11 @@ METHODS = {
                          {**TRUST_REGION, "noise_stddev": NUMBER}),
     "TRAM-fisher": (keras_tram.TRAM, {"variant": "fisher"},
                     {"rho": NUMBER, "eta": NUMBER, "noise_stddev": NUMBER}),
+    "TRAM-released-previous_step": (
+        keras_tram.TRAM, {"variant": "previous_step", "formulation": "released"}, RELEASED),
+    "TRAM-released-input_noise": (
+        keras_tram.TRAM, {"variant": "input_noise", "formulation": "released"},
+        {**RELEASED, "noise_stddev": NUMBER}),
     "TRPO": (keras_tram.TRPO, {}, {"weight": NUMBER, "divergence": DIVERGENCE}),
     "R3F": (keras_tram.R3F, {}, {"noise_stddev": NUMBER, "weight": NUMBER,
                                  "divergence": DIVERGENCE}),

@@ -1,10 +1,13 @@
 """The `keras-tram` command.
 
-    keras-tram demo [--quick] [--methods adam,sam,...] [--seeds N]
+    keras-tram demo [--task digits|lm] [--quick] [--sweep] [--tiny]
+                    [--methods adam,sam,...] [--seeds N] [--no-intervals]
                     [--backend tensorflow|jax|torch] [--output DIR] [--cache DIR]
 
 This module lives outside the `keras_tram` package, which imports Keras:
-`--backend` has to reach `KERAS_BACKEND` before Keras is first imported.
+`--backend` has to reach `KERAS_BACKEND` before Keras is first imported. The
+demo's tasks and methods are read from `keras_tram/demo/catalog.py`, a file of
+plain data, without importing the package.
 """
 
 import argparse
@@ -13,19 +16,17 @@ import os
 import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
-# The demo's methods, known here so that bad arguments are caught before
-# Keras (and a backend's start-up logging) is imported.
-DEMO_METHODS = (
-    "adam", "sam", "asam", "fsam", "tram-previous_step", "tram-pretrained",
-    "tram-input_noise", "tram-fisher", "r3f", "trpo", "mesa",
-)
-QUICK_METHODS = ("adam", "sam", "asam", "tram-previous_step", "tram-input_noise")
 
 
-def canonical(method):
-    """A demo method's name as in `DEMO_METHODS` (`"tram"` is TRAM-θ_{t-1})."""
-    method = method.strip().lower()
-    return "tram-previous_step" if method == "tram" else method
+def _catalog():
+    """`keras_tram/demo/catalog.py`, loaded on its own (the package would
+    import Keras)."""
+    package = importlib.util.find_spec("keras_tram")
+    path = os.path.join(package.submodule_search_locations[0], "demo", "catalog.py")
+    spec = importlib.util.spec_from_file_location("keras_tram_demo_catalog", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,27 +34,44 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"keras-tram: error: {message}\n")
 
 
-def _parser():
+def _parser(catalog):
     parser = _Parser(prog="keras-tram", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = commands.add_parser(
-        "demo", help="every method on a real domain shift (handwritten -> printed digits), "
-                     "offline, as a table and a plot",
+        "demo", help="every method fine-tuning a pre-trained network under a real domain "
+                     "shift, offline: tables with confidence intervals, and plots",
     )
+    demo.add_argument("--task", default="digits",
+                      help=f"{' or '.join(catalog.TASKS)}: handwritten -> printed digits "
+                           "(a CNN; the default), or Wikipedia -> news language modelling "
+                           "(a GPT-2)")
     demo.add_argument("--quick", action="store_true",
-                      help="5 methods, 2 seeds: a few minutes on a CPU")
+                      help=f"{len(catalog.QUICK_METHODS)} methods, {catalog.QUICK_SEEDS} "
+                           "seeds (and, for lm, fewer fine-tuning steps): a few minutes on "
+                           "a CPU")
+    demo.add_argument("--sweep", action="store_true",
+                      help="TRAM's radius_scale against ASAM's rho, each over a log grid, "
+                           f"{catalog.SWEEP_SEEDS} seeds: one plot of out-of-domain against "
+                           "in-domain score")
+    demo.add_argument("--tiny", action="store_true",
+                      help="--task lm only: a tiny network and a few steps, to check the "
+                           "pipeline end to end (its numbers mean nothing)")
     demo.add_argument("--methods", default=None,
                       help="comma-separated; default: all (or the quick five)")
     demo.add_argument("--seeds", type=int, default=None,
-                      help="seeds per method (default 3; 2 with --quick)")
+                      help=f"seeds per method (default {catalog.SEEDS}; "
+                           f"{catalog.QUICK_SEEDS} with --quick, {catalog.SWEEP_SEEDS} "
+                           "with --sweep)")
+    demo.add_argument("--no-intervals", dest="intervals", action="store_false",
+                      help="no paired confidence intervals (allows a single seed)")
     demo.add_argument("--backend", default=None,
                       help="tensorflow, jax or torch (default: KERAS_BACKEND, else the "
                            "first of jax, torch, tensorflow that is installed)")
     demo.add_argument("--output", default="keras-tram-demo",
-                      help="folder for demo.json, demo.csv and demo.png (default: "
+                      help="folder for <task>.json, .csv, .md and .png (default: "
                            "./keras-tram-demo)")
     demo.add_argument("--cache", default=None,
-                      help="folder for the pre-trained network (default: "
+                      help="folder for the pre-trained networks (default: "
                            "$XDG_CACHE_HOME/keras-tram or ~/.cache/keras-tram)")
     return parser
 
@@ -78,10 +96,34 @@ def _check_output(parser, folder):
         parser.error(f"cannot write to --output {folder!r}: {error.strerror or error}")
 
 
+def _methods(parser, arguments, catalog):
+    if arguments.methods is None:
+        return catalog.QUICK_METHODS if arguments.quick else tuple(catalog.METHODS)
+    if arguments.sweep:
+        parser.error("--sweep runs its own grid of methods; leave out --methods")
+    methods = tuple(catalog.canonical(m) for m in arguments.methods.split(",") if m.strip())
+    if not methods:
+        parser.error("--methods names no method")
+    for method in methods:
+        if method not in catalog.METHODS:
+            parser.error(f"unknown method {method!r} in --methods; choose from "
+                         f"{', '.join(catalog.METHODS)}")
+    if len(set(methods)) != len(methods):
+        parser.error(f"--methods names a method twice: {','.join(methods)}")
+    return methods
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+    catalog = _catalog()
+    parser = _parser(catalog)
     arguments = parser.parse_args(argv)
+    if arguments.task not in catalog.TASKS:
+        parser.error(f"--task {arguments.task!r} is not one of {', '.join(catalog.TASKS)}")
+    if arguments.tiny and arguments.task != "lm":
+        parser.error("--tiny applies to --task lm (the digits task is small already)")
+    if arguments.quick and arguments.sweep:
+        parser.error("--quick and --sweep are different runs; choose one")
     backend = arguments.backend or _default_backend()
     if backend not in BACKENDS:
         parser.error(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -89,17 +131,13 @@ def main(argv=None):
         parser.error(f"--backend {backend!r} is not installed (pip install keras-tram[{backend}])")
     if arguments.seeds is not None and arguments.seeds < 1:
         parser.error(f"--seeds must be >= 1; got {arguments.seeds}")
-    seeds = arguments.seeds or (2 if arguments.quick else 3)
-    if arguments.methods:
-        methods = tuple(canonical(m) for m in arguments.methods.split(",") if m.strip())
-    else:
-        methods = QUICK_METHODS if arguments.quick else DEMO_METHODS
-    if not methods:
-        parser.error("--methods names no method")
-    for method in methods:
-        if method not in DEMO_METHODS:
-            parser.error(f"unknown method {method!r} in --methods; choose from "
-                         f"{', '.join(DEMO_METHODS)}")
+    seeds = arguments.seeds or (
+        catalog.QUICK_SEEDS if arguments.quick or arguments.tiny
+        else catalog.SWEEP_SEEDS if arguments.sweep else catalog.SEEDS)
+    if arguments.intervals and seeds < 2:
+        parser.error(f"--seeds {seeds}: confidence intervals need at least 2 seeds; give "
+                     "more, or pass --no-intervals")
+    methods = _methods(parser, arguments, catalog)
     _check_output(parser, arguments.output)
     started_with = sys.modules["keras"].backend.backend() if "keras" in sys.modules else None
     if started_with not in (None, backend):
@@ -112,7 +150,9 @@ def main(argv=None):
     cache = arguments.cache or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "keras-tram"
     )
-    demo.run(methods, list(range(seeds)), arguments.output, cache)
+    demo.run(arguments.task, methods, list(range(seeds)), arguments.output, cache,
+             intervals=arguments.intervals, sweep=arguments.sweep, tiny=arguments.tiny,
+             quick=arguments.quick)
     return 0
 
 

@@ -10,7 +10,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tram import demo
+from keras_tram.demo import catalog
+from keras_tram.demo import digits
+from keras_tram.demo import lm
+from keras_tram.demo import statistics
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "keras-tram")
 BACKEND = keras.backend.backend()
@@ -34,52 +37,80 @@ def smallest_run(tmp_path_factory):
 
 def test_demo_writes_every_run(smallest_run):
     folder, completed = smallest_run
-    with open(folder / "out" / "demo.json") as file:
+    with open(folder / "out" / "digits.json") as file:
         record = json.load(file)
-    assert record["backend"] == BACKEND
+    assert record["backend"] == BACKEND and record["task"] == "digits"
     assert record["methods"] == ["adam", "tram-previous_step"] and record["seeds"] == [0, 1]
     assert len(record["runs"]) == 4
     for run in record["runs"]:
-        assert sorted(run["accuracy"]) == sorted(demo.DOMAINS)
-        assert all(0 <= a <= 1 for a in run["accuracy"].values())
+        assert sorted(run["scores"]) == sorted(digits.DOMAINS)
+        assert all(0 <= a <= 1 for a in run["scores"].values())
     for run in record["runs"]:
         if run["method"] == "adam":
             assert run["per_epoch"] == {} and run["per_step"] == {}
         else:  # TRAM's radius is its divergence, one mean per epoch
             assert run["per_epoch"]["radius"] == run["per_epoch"]["divergence"]
-            assert len(run["per_epoch"]["radius"]) == demo.FINE_TUNE["epochs"]
+            assert len(run["per_epoch"]["radius"]) == digits.FINE_TUNE["epochs"]
             # ... and the steps' values average to the epochs' means.
-            epochs = np.split(np.array(run["per_step"]["radius"]), demo.FINE_TUNE["epochs"])
+            epochs = np.split(np.array(run["per_step"]["radius"]), digits.FINE_TUNE["epochs"])
             np.testing.assert_allclose([e.mean() for e in epochs], run["per_epoch"]["radius"],
                                        rtol=1e-3)
-        assert sorted(run["sharpness"]) == sorted(run["cka_to_pretrained"]) == sorted(demo.DOMAINS)
+            assert all(p >= 0 for p in run["per_step"]["relative_perturbation"])
+        assert sorted(run["sharpness"]) == sorted(run["cka_to_pretrained"]) == sorted(digits.DOMAINS)
         assert all(s >= 0 for s in run["sharpness"].values())
         assert all(0 < c <= 1 for c in run["cka_to_pretrained"].values())
     for method in record["methods"]:
-        first, second = (r["accuracy"] for r in record["runs"] if r["method"] == method)
+        first, second = (r["scores"] for r in record["runs"] if r["method"] == method)
         assert first != second, f"{method}: both seeds gave the same accuracies"
-        summary = record["summary"][method]
-        for domain in demo.DOMAINS:
-            values = [r["accuracy"][domain] for r in record["runs"] if r["method"] == method]
-            assert summary[domain]["mean"] == pytest.approx(np.mean(values))
-            assert summary[domain]["std"] == pytest.approx(np.std(values))
+    _check_summary_and_intervals(record)
     # Fine-tuning moved the network: in-domain accuracy rose over the pre-trained one.
-    assert all(r["accuracy"][demo.IN_DOMAIN] > record["pretrained_accuracy"][demo.IN_DOMAIN]
+    assert all(r["scores"][digits.IN_DOMAIN] > record["pretrained"][digits.IN_DOMAIN]
                for r in record["runs"])
-    with open(folder / "out" / "demo.csv") as file:
-        rows = list(csv.DictReader(file))
-    assert len(rows) == 4 * len(demo.DOMAINS)
-    for image in ("demo.png", "demo-traces.png"):
-        with open(folder / "out" / image, "rb") as file:
-            assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    _check_files(folder / "out", "digits", record, completed)
+
+
+def _check_summary_and_intervals(record):
+    """The summary's means and sample stds over seeds, and each method's
+    paired difference to Adam with its t interval, against NumPy."""
+    out_of_domain = lambda r: np.mean([r["scores"][d] for d in record["domains"][1:]])  # noqa: E731
     for method in record["methods"]:
-        assert method in completed.stdout  # the table
+        mine = [r for r in record["runs"] if r["method"] == method]
+        summary = record["summary"][method]
+        for domain in record["domains"]:
+            values = [r["scores"][domain] for r in mine]
+            assert summary[domain]["mean"] == pytest.approx(np.mean(values))
+            assert summary[domain]["std"] == pytest.approx(np.std(values, ddof=1))
+        if method == "adam":
+            assert "adam" not in record["comparisons"][method]
+            continue
+        adam = [r for r in record["runs"] if r["method"] == "adam"]
+        differences = np.array([out_of_domain(r) for r in mine]) - [out_of_domain(r) for r in adam]
+        paired = record["comparisons"][method]["adam"]["out-of-domain avg"]
+        half = 12.7062 * np.std(differences, ddof=1) / np.sqrt(2)  # t(0.975, 1)
+        assert paired["mean"] == pytest.approx(differences.mean())
+        assert paired["low"] == pytest.approx(differences.mean() - half)
+        assert paired["high"] == pytest.approx(differences.mean() + half)
+        assert paired["excludes_zero"] == (not paired["low"] <= 0 <= paired["high"])
+
+
+def _check_files(folder, stem, record, completed):
+    with open(folder / f"{stem}.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == len(record["runs"]) * len(record["domains"])
+    for image in (f"{stem}.png", f"{stem}-traces.png"):
+        with open(folder / image, "rb") as file:
+            assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(folder / f"{stem}.md") as file:
+        markdown = file.read()
+    for method in record["methods"]:
+        assert method in completed.stdout and f"`{method}`" in markdown  # the tables
+    assert "95% interval" in completed.stdout
 
 
 def test_demo_reuses_and_rebuilds_its_cache(smallest_run):
     folder, _ = smallest_run
-    arguments = ("demo", "--methods", "adam", "--seeds", "1", "--backend", BACKEND,
-                 "--output", "again", "--cache", "cache")
+    arguments = ("demo", "--methods", "adam", "--seeds", "1", "--no-intervals",
+                 "--backend", BACKEND, "--output", "again", "--cache", "cache")
     reused = keras_tram(*arguments, cwd=folder)
     assert reused.returncode == 0 and "(cached)" in reused.stdout, reused.stderr[-2000:]
     (cached,) = os.listdir(folder / "cache")
@@ -87,7 +118,62 @@ def test_demo_reuses_and_rebuilds_its_cache(smallest_run):
         file.write(b"not a weights file")
     rebuilt = keras_tram(*arguments, cwd=folder)
     assert rebuilt.returncode == 0 and "rebuilding" in rebuilt.stdout, rebuilt.stderr[-2000:]
-    with open(folder / "again" / "demo.json") as file:
+    with open(folder / "again" / "digits.json") as file:
+        record = json.load(file)
+    assert record["runs"][0]["method"] == "adam" and record["comparisons"] == {}
+
+
+@pytest.fixture(scope="module")
+def smallest_lm_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo-lm")
+    completed = keras_tram("demo", "--task", "lm", "--tiny",
+                           "--methods", "adam,tram-previous_step-released", "--seeds", "2",
+                           "--backend", BACKEND, "--output", "out", "--cache", "cache",
+                           cwd=folder)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return folder, completed
+
+
+def test_lm_demo_writes_every_run(smallest_lm_run):
+    folder, completed = smallest_lm_run
+    with open(folder / "out" / "lm.json") as file:
+        record = json.load(file)
+    assert record["task"] == "lm" and record["metric"] == "perplexity"
+    assert record["domains"] == list(lm.DOMAINS) and not record["higher_is_better"]
+    assert record["methods"] == ["adam", "tram-previous_step-released"]
+    assert record["options"]["tram-previous_step-released"] == {"formulation": "released"}
+    assert len(record["runs"]) == 4
+    vocabulary = record["protocol"]["pretrain"]["vocabulary_size"]
+    for run in record["runs"]:
+        assert sorted(run["scores"]) == sorted(lm.DOMAINS)
+        # Better than uniform guessing: the network was pre-trained.
+        assert all(1 < p < vocabulary for p in run["scores"].values())
+        if run["method"] != "adam":
+            steps = run["per_step"]
+            assert len(steps["radius"]) == lm.SCALES["tiny"].steps
+            assert steps["radius"] == steps["divergence"] and steps["radius"][0] == 0
+            assert all(p >= 0 for p in steps["relative_perturbation"])
+    assert all(1 < p < vocabulary for p in record["pretrained"].values())
+    _check_summary_and_intervals(record)
+    _check_files(folder / "out", "lm", record, completed)
+
+
+def test_lm_demo_reuses_and_rebuilds_its_cache(smallest_lm_run):
+    folder, _ = smallest_lm_run
+    arguments = ("demo", "--task", "lm", "--tiny", "--methods", "adam", "--seeds", "1",
+                 "--no-intervals", "--backend", BACKEND, "--output", "again",
+                 "--cache", "cache")
+    reused = keras_tram(*arguments, cwd=folder)
+    assert reused.returncode == 0 and "(cached)" in reused.stdout, reused.stderr[-2000:]
+    (cached,) = os.listdir(folder / "cache")
+    weights = [name for name in os.listdir(folder / "cache" / cached) if name.endswith(".h5")]
+    assert weights
+    with open(folder / "cache" / cached / weights[0], "wb") as file:
+        file.write(b"not a weights file")
+    rebuilt = keras_tram(*arguments, cwd=folder)
+    assert rebuilt.returncode == 0 and "rebuilding" in rebuilt.stdout, rebuilt.stderr[-2000:]
+    assert os.listdir(folder / "cache") == [cached]
+    with open(folder / "again" / "lm.json") as file:
         assert json.load(file)["runs"][0]["method"] == "adam"
 
 
@@ -97,6 +183,11 @@ def test_demo_reuses_and_rebuilds_its_cache(smallest_run):
     (("--methods", "sgd"), "sgd"),
     (("--output", "a-file/out"), "--output"),
     (("--seeds", "0"), "--seeds"),
+    (("--seeds", "1"), "--seeds"),  # intervals need two
+    (("--task", "poetry"), "--task"),
+    (("--tiny",), "--tiny"),  # digits has no tiny run
+    (("--sweep", "--methods", "adam"), "--sweep"),
+    (("--methods", "sam,sam"), "twice"),
 ])
 def test_demo_bad_arguments_give_one_line_and_exit_code_2(tmp_path, arguments, mentions):
     (tmp_path / "a-file").write_text("")
@@ -104,3 +195,28 @@ def test_demo_bad_arguments_give_one_line_and_exit_code_2(tmp_path, arguments, m
     assert completed.returncode == 2
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and mentions in lines[0], completed.stderr
+
+
+def test_t_quantiles_and_paired_intervals_match_scipy():
+    from scipy import stats as scipy_stats  # scikit-learn's, in the dev extra
+    for df in [*range(1, 40), 50, 100, 1000]:
+        assert statistics.t_quantile(df) == pytest.approx(scipy_stats.t.ppf(0.975, df),
+                                                          abs=1e-4)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 5))
+    low, high = scipy_stats.t.interval(0.95, 4, loc=np.mean(a - b),
+                                       scale=scipy_stats.sem(a - b))
+    paired = statistics.paired(a, b)
+    assert (paired["low"], paired["high"]) == pytest.approx((low, high), abs=1e-4)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        statistics.paired([1.0], [0.5])
+
+
+def test_the_catalog_names_only_methods_the_package_has():
+    from keras_tram.methods import parse_method
+
+    for name, (method, options) in catalog.METHODS.items():
+        parse_method(method)
+        assert set(options) <= {"formulation"}
+    assert set(catalog.QUICK_METHODS) <= set(catalog.METHODS)
+    assert set(catalog.BASELINES) <= set(catalog.METHODS)

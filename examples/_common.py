@@ -31,7 +31,16 @@ def parser(description, default_preset):
                                 "under two minutes on a CPU")
     arguments.add_argument("--output", default=None,
                            help="where to write the JSON of the table (default: results/)")
+    arguments.add_argument("--cache", default=None,
+                           help="with --tiny: the folder of the pre-trained tiny networks "
+                                "(default: $XDG_CACHE_HOME/keras-tram or ~/.cache/keras-tram)")
     return arguments
+
+
+def cache_folder(arguments):
+    return arguments.cache or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "keras-tram"
+    )
 
 
 def check_method(arguments):

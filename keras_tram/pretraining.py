@@ -210,7 +210,7 @@ def masked_lm_preset(texts, cache, config=TINY, num_classes=2, log=print):
         )
         preprocessor = hub.models.XLMRobertaMaskedLMPreprocessor(
             tokenizer, sequence_length=config.sequence_length,
-            mask_selection_length=max(4, config.sequence_length // 4),
+            mask_selection_rate=0.25, mask_selection_length=max(4, config.sequence_length // 4),
         )
         masked = hub.models.XLMRobertaMaskedLM(backbone, preprocessor=preprocessor)
         steps = config.epochs * -(-len(texts) // config.batch_size)

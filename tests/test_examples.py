@@ -29,7 +29,7 @@ def run_tiny(script, tmp_path, *extra):
     output = tmp_path / "table.json"
     completed = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", script), "--tiny",
-         "--output", str(output), *extra],
+         "--output", str(output), "--cache", str(tmp_path / "cache"), *extra],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -48,6 +48,7 @@ def test_cross_lingual_tiny(tmp_path):
     assert all(0 <= a <= 1 for a in record["results"].values())
     others = [a for language, a in record["results"].items() if language != "en"]
     assert record["summary"]["avg (others)"] == pytest.approx(np.mean(others))
+    assert "pre-trained" in record["preset"]
 
 
 def test_cross_dataset_vision_tiny(tmp_path):
@@ -58,8 +59,10 @@ def test_cross_dataset_vision_tiny(tmp_path):
 
 def test_ood_language_modeling_tiny(tmp_path):
     record = run_tiny("ood_language_modeling.py", tmp_path, "--method", "tram-previous_step")
-    assert sorted(record["results"]) == ["news", "reviews", "wikipedia (in domain)"]
-    assert all(1 < p < 1e4 for p in record["results"].values())
+    assert sorted(record["results"]) == ["news (in domain)", "reviews", "wikipedia"]
+    # Better than guessing among the 1,000 tokens: the network was pre-trained.
+    assert all(1 < p < 1000 for p in record["results"].values())
+    assert "pre-trained" in record["preset"]
 
 
 def test_examples_reject_an_unknown_method(tmp_path):

@@ -220,3 +220,16 @@ def test_the_catalog_names_only_methods_the_package_has():
         assert set(options) <= {"formulation"}
     assert set(catalog.QUICK_METHODS) <= set(catalog.METHODS)
     assert set(catalog.BASELINES) <= set(catalog.METHODS)
+
+
+def test_token_blocks_cut_the_joined_documents_into_next_token_pairs():
+    from keras_tram import pretraining
+
+    blocks = pretraining.token_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 3, separator=0)
+    stream = [1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 0]  # 12 tokens: 3 blocks of 3 + 1
+    np.testing.assert_array_equal(blocks, [stream[0:4], stream[3:7], stream[6:10]])
+    x, y = pretraining.lm_inputs(blocks)
+    np.testing.assert_array_equal(x["token_ids"][:, 1:], y[:, :-1])
+    assert x["padding_mask"].all() and blocks.dtype == np.int32
+    with pytest.raises(ValueError, match="fewer than"):
+        pretraining.token_blocks([[1, 2]], 8, separator=0)

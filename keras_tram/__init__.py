@@ -15,10 +15,10 @@ from keras_tram.methods import MESA
 from keras_tram.methods import METHODS
 from keras_tram.methods import R3F
 from keras_tram.methods import SAM
-from keras_tram.methods import TRAM
-from keras_tram.methods import TRAM_VARIANTS
 from keras_tram.methods import TRPO
 from keras_tram.methods import wrap
+from keras_tram.tram import TRAM
+from keras_tram.tram import TRAM_VARIANTS
 from keras_tram.wrapper import SharpnessAware
 from keras_tram.wrapper import Step
 

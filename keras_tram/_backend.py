@@ -6,6 +6,8 @@ import contextlib
 
 import keras
 
+from keras_tram import _compat
+
 
 def value_and_grad(fn):
     """Returns `f(weights) -> ((value, aux), grads)` for `fn(weights) -> (value, aux)`.
@@ -112,10 +114,8 @@ def seed_dropout(model):
     """
     if keras.backend.backend() != "torch":
         return
-    for layer in model._flatten_layers():
-        for generator in getattr(layer, "_seed_generators", []):
-            if generator._initial_seed is None:
-                generator._initial_seed = int(keras.ops.convert_to_numpy(generator.state)[0])
+    for generator in _compat.seed_generators(model):
+        _compat.mark_seeded(generator, int(keras.ops.convert_to_numpy(generator.state)[0]))
 
 
 def all_equal(tensors, others):

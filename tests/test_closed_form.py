@@ -248,7 +248,7 @@ def test_more_chunks_than_examples_is_a_clear_error():
 def test_relative_perturbation_is_logged_on_request(method):
     """`log_relative_perturbation=True` logs the epoch mean of `‖ε‖ / ‖θ‖`."""
     build, epsilon = METHODS[method]
-    assert "relative_perturbation" not in build(make_mlp()[0])._statistic_names
+    assert "relative_perturbation" not in build(make_mlp()[0]).statistic_names
     model, initial = make_mlp()
     x, y, _ = make_data()
     wrapped = {

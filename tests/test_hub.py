@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import keras_tram
+from keras_tram import _noise
 from keras_tram import recipes
 from keras_tram import tiny
 
@@ -127,7 +128,7 @@ def test_noise_goes_on_the_token_embeddings(presets, kind, method):
     logs = task.train_on_batch(*raw_batch(kind), return_dict=True)
     assert logs["divergence"] > 0
     noise = task.radius.reference if method.startswith("tram") else task.penalty.reference
-    assert task._noise_layer(noise) is task.model.backbone.token_embedding
+    assert _noise.find_layer(task.model, noise.noise_layer, False) is task.model.backbone.token_embedding
 
 
 @pytest.mark.parametrize("kind", CLASSIFIERS + ("gpt2",))

@@ -1,0 +1,98 @@
+"""Every use of Keras's private API in keras-tram, in one place.
+
+Each function names the private attribute it reads and the Keras version it
+was checked against. Everything else in the package uses public Keras API
+only (`tests/test_layout.py` checks that `keras.src` and these names appear
+nowhere else).
+
+Checked on Keras 3.15.1.
+"""
+
+
+CHECKED_ON = "3.15.1"
+
+try:  # Checked on Keras 3.15.1 (keras/src/losses/loss.py).
+    from keras.src.losses.loss import unscale_loss_for_distribution
+except ImportError:  # Keras before 3.6: losses were not scaled for replicas.
+    def unscale_loss_for_distribution(loss):
+        return loss
+
+
+def layers_of(model):
+    """Every layer of `model`, itself and nested ones included
+    (`Layer._flatten_layers`)."""
+    return list(model._flatten_layers())
+
+
+def seed_generators(model):
+    """The seed generators of every layer of `model` (`Layer._seed_generators`)."""
+    return [
+        generator
+        for layer in layers_of(model)
+        for generator in getattr(layer, "_seed_generators", [])
+    ]
+
+
+def mark_seeded(generator, seed):
+    """Makes `generator` count as seeded (`SeedGenerator._initial_seed`): torch
+    dropout then draws its mask from the generator's state."""
+    if generator._initial_seed is None:
+        generator._initial_seed = seed
+
+
+def own_variables(layer):
+    """The variables `layer` created itself, not its sublayers'
+    (`Layer._trainable_variables`, `Layer._non_trainable_variables`), as
+    `Layer.save_own_variables` saves them."""
+    return layer._trainable_variables + layer._non_trainable_variables
+
+
+def loss_tracker(model):
+    """The metric behind the `loss` entry of the logs (`Trainer._loss_tracker`)."""
+    return model._loss_tracker
+
+
+def stateless_compute_loss(model, losses, trainable, non_trainable, metrics, x, y,
+                           y_pred, sample_weight):
+    """`model.stateless_compute_loss` with the layer losses of the forward
+    pass that gave `y_pred` (`Layer._losses_override`, set and cleared around
+    the call as Keras's own JAX trainer does).
+
+    Returns `(loss, non_trainable, metrics)`.
+    """
+    model._losses_override = list(losses)
+    try:
+        loss, (_, non_trainable, metrics) = model.stateless_compute_loss(
+            trainable, non_trainable, metrics, x=x, y=y, y_pred=y_pred,
+            sample_weight=sample_weight, training=True,
+        )
+    finally:
+        model._losses_override = []
+    return loss, non_trainable, metrics
+
+
+def micro_steps(optimizer):
+    """The optimizer's count of calls to `apply`, accumulating ones included
+    (`BaseOptimizer._iterations`; `iterations` counts applied updates when
+    accumulating gradients)."""
+    counter = getattr(optimizer, "_iterations", None)
+    return optimizer.iterations if counter is None else counter
+
+
+class BuildsBeforeTracing:
+    """A mixin for TensorFlow's trainer, which without a strategy builds a
+    model at the first trace of `train_step`: keras-tram's step reads the
+    variables before any call, so this builds them first, as Keras does
+    under a strategy (overrides `Trainer._maybe_symbolic_build`, calls
+    `Trainer._symbolic_build`)."""
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self.built:
+            return
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = next(batches)
+                break
+        if data_batch is not None:
+            self._symbolic_build(data_batch=data_batch)

@@ -1,0 +1,372 @@
+"""The method, written once: one stateless sharpness-aware step in `keras.ops`.
+
+`Algorithm.run` takes the values of the model's variables and a batch and
+returns the gradient to apply with whether it is finite; the trainer
+(`_trainer.py`) fits that into Keras's per-backend `train_step`. The pieces
+it composes (geometry, radius, penalty, references) read the step through
+`Step`.
+"""
+
+import math
+from typing import Any
+from typing import NamedTuple
+
+import keras
+from keras import ops
+
+from keras_tram import _backend
+from keras_tram import _batch
+from keras_tram import _compat
+from keras_tram import _noise
+from keras_tram import geometry as geometry_lib
+from keras_tram import radius as radius_lib
+
+
+class Step:
+    """What the pieces of a method may read about the current training step.
+
+    Attributes:
+        x, y, sample_weight: the batch (or the part of it being perturbed).
+        weights: current values of the trainable weights (θ).
+        non_trainable: values of the non-trainable variables before the step.
+        rows: `(start, total)` when the batch is rows `start:` of a batch
+            of `total` split into chunks, else None.
+        y_pred: the clean predictions at `weights` (set after the clean pass).
+        loss: the clean loss (set after the clean pass).
+        grads: the clean gradient `g` in float32, loss scaling undone.
+        grad_norm: its global L2 norm.
+        statistics: values to log this step, by name.
+        applies_update: whether the optimizer changes the weights this step
+            (False on the accumulating steps of gradient accumulation).
+        new_non_trainable, new_metrics: the variables' values after the step.
+        perturbation_sum: adds up values over the replicas that share a
+            perturbation (all of them with `perturbation_scope="global"`,
+            none with `"per_replica"`).
+    """
+
+    def __init__(self, algorithm, x, y, sample_weight, weights, non_trainable, rows=None):
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.weights = weights
+        self.non_trainable = non_trainable
+        self.rows = rows
+        self.y_pred = None
+        self.loss = None
+        self.grads = None
+        self.grad_norm = None
+        self.statistics = {}
+        self.applies_update = True
+        self.new_non_trainable = None
+        self.new_metrics = None
+        self.perturbation_sum = algorithm.perturbation_sum
+        self._algorithm = algorithm
+
+    def forward(self, weights, noise=None):
+        """Predictions at `weights` in training mode, with the non-trainable
+        state the clean pass started from (so the same dropout masks and
+        BatchNorm mode), on noised inputs if `noise` is a `NoisedInputs`."""
+        return self._algorithm.forward(weights, self.non_trainable, self.x, noise, self.rows)[0]
+
+    def head(self, fraction):
+        """This step restricted to the first `ceil(fraction · batch)` examples
+        (its batch, clean predictions and sample weights)."""
+        size = _batch.size(self.x)
+        if isinstance(size, int):
+            count = max(1, math.ceil(fraction * size))
+        else:
+            count = ops.maximum(1, ops.cast(ops.ceil(fraction * ops.cast(size, "float32")), "int32"))
+        batch = _batch.rows((self.x, self.y, self.sample_weight), 0, count)
+        part = Step(self._algorithm, *batch, self.weights, self.non_trainable, self.rows)
+        part.y_pred = _batch.rows(self.y_pred, 0, count)
+        part.statistics = self.statistics
+        return part
+
+    def value_of(self, variable):
+        """The value a non-trainable variable of the wrapper had before the step."""
+        return self.non_trainable[self._algorithm.index_of(variable)]
+
+
+class Pass(NamedTuple):
+    """What one differentiated pass gives besides its gradient."""
+
+    loss: Any  # the loss `compute_loss` gives (regularization in, penalty out)
+    y_pred: Any
+    non_trainable: Any  # the non-trainable values after the pass
+    metrics: Any  # the metric values after `compute_loss`
+    statistics: dict  # the penalty's divergence and value, if any
+
+
+class Result(NamedTuple):
+    """What a step gives the trainer."""
+
+    grads: list  # to apply at the step's weights, still loss-scaled
+    finite: Any  # whether every gradient, radius and divergence is finite
+    step: Step  # the clean pass: loss, predictions, statistics, new state
+
+
+class Algorithm:
+    """One sharpness-aware step, stateless: see `SharpnessAware` for the method.
+
+    Args:
+        model: the Keras model being trained (the wrapper): its
+            `stateless_call`, `stateless_compute_loss` and variables.
+        geometry, radius, penalty, ascent_noise: the method's pieces.
+        perturbation_scope, perturbation_chunks, log_relative_perturbation:
+            as for `SharpnessAware`.
+        seed_generator: the generator input noise is drawn from, if any
+            piece draws noise.
+    """
+
+    def __init__(self, model, geometry, radius, penalty, ascent_noise, perturbation_scope,
+                 perturbation_chunks, log_relative_perturbation, seed_generator=None):
+        self.model = model
+        self.geometry = geometry
+        self.radius = radius
+        self.penalty = penalty
+        self.ascent_noise = ascent_noise
+        self.perturbation_scope = perturbation_scope
+        self.perturbation_chunks = perturbation_chunks
+        self.log_relative_perturbation = log_relative_perturbation
+        self.components = [c for c in (radius, penalty) if c is not None]
+        self.seed_generator = seed_generator
+        self.noise = None if seed_generator is None else _noise.InputNoise(
+            model.model, seed_generator
+        )
+        trust_region_radius = isinstance(radius, radius_lib.TrustRegion)
+        self.penalty_divergence_name = (
+            "penalty_divergence" if trust_region_radius else "divergence"
+        )
+        names = []
+        if geometry is not None:
+            names.append("radius")
+            if log_relative_perturbation:
+                names.append("relative_perturbation")
+        if trust_region_radius:
+            names.append("divergence")
+        if penalty is not None:
+            names += [self.penalty_divergence_name, "penalty"]
+        self.statistic_names = tuple(names + ["grad_norm"])
+        self._index = None
+
+    @staticmethod
+    def uses_noise(radius, penalty, ascent_noise):
+        """Whether a method made of these pieces draws input noise."""
+        return ascent_noise is not None or any(
+            c is not None and c.uses_noise for c in (radius, penalty)
+        )
+
+    def index_of(self, variable):
+        """The position of one of the model's non-trainable variables."""
+        if self._index is None:
+            variables = self.model.non_trainable_variables
+            self._index = {id(v): i for i, v in enumerate(variables)}
+        return self._index[id(variable)]
+
+    def forward(self, weights, non_trainable, x, noise=None, rows=None):
+        """`(y_pred, non_trainable, losses)` of the model at `weights` in
+        training mode, with `noise` (a `NoisedInputs`) on rows `rows`."""
+        if noise is None:
+            return self.model.stateless_call(
+                weights, non_trainable, x, training=True, return_losses=True
+            )
+        seed = non_trainable[self.index_of(self.seed_generator.state)]
+        with self.noise.applied(noise, x, seed, rows) as inputs:
+            return self.model.stateless_call(
+                weights, non_trainable, inputs, training=True, return_losses=True
+            )
+
+    def perturbation_sum(self, values):
+        if self.perturbation_scope == "global":
+            return _backend.replica_sum(values)
+        return list(values)
+
+    # ---------------------------------------------------------------- run
+
+    def run(self, weights, non_trainable, metrics, x, y, sample_weight, loss_scale,
+            unscale, applies_update=True):
+        """The step on a batch: a `Result`.
+
+        `loss_scale` is the factor the optimizer's `scale_loss` multiplies the
+        loss by; `unscale` says whether the optimizer expects gradients of
+        the scaled loss (then `g` for the perturbation is unscaled here).
+        """
+        chunks = self._chunk_count()
+        if chunks == 1:
+            parts = [(x, y, sample_weight, None, None)]
+        else:
+            parts = _split_batch(x, y, sample_weight, chunks)
+        steps, descent_grads = [], None
+        state = non_trainable
+        for part_x, part_y, part_weight, fraction, rows in parts:
+            step = Step(self, part_x, part_y, part_weight, weights, state, rows)
+            grads = self._part_step(step, metrics, loss_scale, unscale, fraction)
+            descent_grads = grads if descent_grads is None else [
+                a + b for a, b in zip(descent_grads, grads)
+            ]
+            # The next part starts where this one left the model's state
+            # (BatchNorm statistics, dropout seeds), with the same noise seed.
+            state, metrics = self._keep_noise_seed(step.new_non_trainable, state), step.new_metrics
+            steps.append(step)
+        step = steps[0] if chunks == 1 else self._whole_batch(steps, parts, x, y, sample_weight)
+        step.non_trainable = non_trainable
+        step.applies_update = applies_update
+        step.new_non_trainable = self._with_state_updates(step, state)
+
+        # One norm per gradient is a cheaper finiteness check than one per
+        # element; a norm that overflows float32 also counts as non-finite.
+        checks = [geometry_lib.global_norm(descent_grads)] + [
+            ops.cast(v, "float32") for v in step.statistics.values()
+        ]
+        finite = ops.all(ops.isfinite(ops.stack(checks)))
+        # Replicas skip or apply a step together.
+        (non_finite,) = _backend.replica_sum([1.0 - ops.cast(finite, "float32")])
+        return Result(descent_grads, ops.equal(non_finite, 0.0), step)
+
+    def _pass(self, weights, step, metrics, loss_scale, noise=None, at_step_weights=True):
+        """`(scaled objective, Pass)` at `weights`: the loss-scaled objective
+        to differentiate (the loss plus any penalty) and the pass's results."""
+        y_pred, non_trainable, losses = self.forward(
+            weights, step.non_trainable, step.x, noise, step.rows
+        )
+        loss, _, metrics = _compat.stateless_compute_loss(
+            self.model, losses, weights, non_trainable, metrics,
+            step.x, step.y, y_pred, step.sample_weight,
+        )
+        objective, statistics = loss, {}
+        if self.penalty is not None:
+            d, penalty = self.penalty(step, weights, y_pred, at_step_weights)
+            statistics = {self.penalty_divergence_name: d, "penalty": self.penalty.weight * d}
+            objective = loss + ops.cast(penalty, loss.dtype)
+        scaled = objective * ops.cast(loss_scale, objective.dtype)
+        return scaled, Pass(loss, y_pred, non_trainable, metrics, statistics)
+
+    def _part_step(self, step, metrics, loss_scale, unscale, fraction):
+        """The method on one part of the batch (all of it unless it is split
+        into chunks); returns that part's share of the descent gradient."""
+        objective_scale = loss_scale if fraction is None else loss_scale * fraction
+
+        def grad_fn(w, noise=None, at_step_weights=True):
+            return _backend.value_and_grad(
+                lambda w: self._pass(w, step, metrics, objective_scale, noise, at_step_weights)
+            )(w)
+
+        (_, clean), scaled_grads = grad_fn(step.weights, self.ascent_noise)
+        step.loss = clean.loss
+        step.new_non_trainable, step.new_metrics = clean.non_trainable, clean.metrics
+        step.statistics.update(clean.statistics)
+        step.y_pred = keras.tree.map_structure(ops.stop_gradient, clean.y_pred)
+        step.grads = grads = self._mean_gradient(
+            scaled_grads, loss_scale if unscale else None, fraction
+        )
+        step.grad_norm = step.statistics["grad_norm"] = geometry_lib.global_norm(grads)
+        if self.geometry is None:
+            return scaled_grads
+        radius = ops.cast(self.radius(step), "float32")
+        step.statistics["radius"] = radius
+        epsilon = self.geometry.perturbation(grads, step.weights, radius, step.grad_norm)
+        if self.log_relative_perturbation:
+            step.statistics["relative_perturbation"] = geometry_lib.global_norm(
+                epsilon
+            ) * geometry_lib.safe_reciprocal(geometry_lib.global_norm(step.weights))
+        perturbed = [w + geometry_lib.as_dtype(e, w.dtype) for w, e in zip(step.weights, epsilon)]
+        return grad_fn(perturbed, at_step_weights=False)[1]
+
+    def _mean_gradient(self, scaled_grads, loss_scale, fraction):
+        """`g`, the gradient of the mean loss over the batch the perturbation
+        is for, in float32: loss scaling (`loss_scale`, None if the gradients
+        are not scaled) and the part's weight undone, and summed over the
+        replicas that share the perturbation."""
+        grads = geometry_lib.as_float32(scaled_grads)
+        unscale = loss_scale
+        if fraction is not None:
+            unscale = fraction if unscale is None else unscale * fraction
+        if unscale is not None:
+            grads = [g / unscale for g in grads]
+        if not _backend.splits_batch_across_replicas():
+            return grads
+        if self.perturbation_scope == "global" and self.geometry is not None:
+            return _backend.replica_sum(grads)
+        # Each replica's loss is scaled by 1 / replicas so that the
+        # optimizer's sum of gradients is the mean; undo it for this
+        # replica's own mean. (Without a geometry `g` only gives the logged
+        # norm, which is then the replicas' mean norm: summing the gradient
+        # for a log would double the step's communication.)
+        replicas = float(_backend.replica_count())
+        return [g * replicas for g in grads]
+
+    def _chunk_count(self):
+        """How many parts of the batch get a perturbation of their own."""
+        chunks = self.perturbation_chunks
+        if self.geometry is None:
+            return 1
+        if self.perturbation_scope == "per_replica" and not (
+            _backend.splits_batch_across_replicas()
+        ):
+            # One step sees the global batch (JAX's keras.distribution):
+            # a replica's perturbation is a chunk's.
+            chunks *= _backend.replica_count()
+        return chunks
+
+    def _whole_batch(self, steps, parts, x, y, sample_weight):
+        """One `Step` for the whole batch from the steps on its parts: the
+        loss weighted by the parts' sizes, the predictions concatenated, the
+        statistics averaged over the parts."""
+        step = Step(self, x, y, sample_weight, steps[0].weights, None)
+        fractions = [ops.cast(part[3], "float32") for part in parts]
+        step.loss = sum(
+            ops.cast(f, part.loss.dtype) * part.loss for f, part in zip(fractions, steps)
+        )
+        step.y_pred = keras.tree.map_structure(
+            lambda *tensors: ops.concatenate(tensors, axis=0), *[s.y_pred for s in steps]
+        )
+        step.statistics = {
+            name: sum(ops.cast(s.statistics[name], "float32") for s in steps) / len(steps)
+            for name in steps[0].statistics
+        }
+        step.new_metrics = steps[-1].new_metrics
+        return step
+
+    def _keep_noise_seed(self, values, old_values):
+        if self.seed_generator is None:
+            return values
+        index = self.index_of(self.seed_generator.state)
+        return [old if i == index else value
+                for i, (value, old) in enumerate(zip(values, old_values))]
+
+    def _with_state_updates(self, step, state):
+        """`state` with the components' updates (references, moving averages)
+        and the input-noise seed moved on."""
+        updates = {}
+        for component in self.components:
+            for variable, value in component.update(step):
+                if step.applies_update is not True:
+                    # References follow the optimizer's updates, not its
+                    # accumulating micro-batches.
+                    value = ops.where(step.applies_update, value, step.value_of(variable))
+                updates[id(variable)] = value
+        if self.seed_generator is not None:
+            seed = self.seed_generator.state
+            with keras.StatelessScope(state_mapping=[(seed, step.value_of(seed))]) as scope:
+                self.seed_generator.next()
+            updates[id(seed)] = scope.get_current_value(seed)
+        return [
+            ops.cast(updates[id(v)], v.dtype) if id(v) in updates else value
+            for v, value in zip(self.model.non_trainable_variables, state)
+        ]
+
+
+def _split_batch(x, y, sample_weight, chunks):
+    """`chunks` consecutive parts of a batch, as `(x, y, sample_weight,
+    fraction, (start, size))`: sizes differ by at most one, `fraction` is a
+    part's share of the batch, `start` its first row, `size` the batch's."""
+    size = _batch.size(x)
+    if isinstance(size, int) and size < chunks:
+        raise ValueError(
+            f"`perturbation_chunks` splits each batch into {chunks} parts, but a "
+            f"batch has only {size} examples. Use larger batches or fewer chunks."
+        )
+    parts = []
+    for k in range(chunks):
+        start, stop = (k * size) // chunks, ((k + 1) * size) // chunks
+        fraction = ops.cast(stop - start, "float32") / ops.cast(size, "float32")
+        parts.append((*_batch.rows((x, y, sample_weight), start, stop), fraction, (start, size)))
+    return parts

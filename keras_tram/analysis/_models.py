@@ -1,0 +1,8 @@
+"""What the measurements measure: the model a wrapper trains."""
+
+from keras_tram.wrapper import SharpnessAware
+
+
+def unwrapped(model):
+    """The model a `SharpnessAware` wrapper trains, or `model` itself."""
+    return model.model if isinstance(model, SharpnessAware) else model

@@ -233,7 +233,7 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
 
 
 def __getattr__(name):
-    if name == "StepStatistics":  # the metric's name before 0.2
+    if name == "StepStatistics":  # the metric's name in 0.1
         warnings.warn(
             "keras_tram.wrapper.StepStatistics is now "
             "keras_tram._statistics.StatisticMeans; keras_tram.analysis.StepStatistics "

@@ -5,6 +5,8 @@ import keras
 import numpy as np
 import pytest
 
+import keras_tram
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 BACKEND = keras.backend.backend()
@@ -66,3 +68,51 @@ else:
         "xla": {"jit_compile": True},
         "eager": {"run_eagerly": True},
     }
+
+
+STEPS = 4
+
+
+def fit_full_batch(wrapped, x, y, steps=STEPS, learning_rate=1.0, sample_weight=None):
+    wrapped.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=cross_entropy())
+    return wrapped.fit(
+        x, y, sample_weight=sample_weight, batch_size=len(x), epochs=steps,
+        shuffle=False, verbose=0,
+    ).history
+
+
+def assert_weights(model, expected, atol=1e-5):
+    for actual, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(actual, want, atol=atol, rtol=1e-5)
+
+
+ALL_METHODS = {
+    "tram_previous_step": lambda m: keras_tram.TRAM(m, variant="previous_step"),
+    "tram_pretrained": lambda m: keras_tram.TRAM(m, variant="pretrained", radius_scale=50.0),
+    "tram_input_noise": lambda m: keras_tram.TRAM(m, variant="input_noise", noise_stddev=0.2),
+    "tram_fisher": lambda m: keras_tram.TRAM(m, variant="fisher", noise_stddev=0.2),
+    "fsam": lambda m: keras_tram.FSAM(m),
+    "trpo": lambda m: keras_tram.TRPO(m, weight=0.5),
+    "r3f": lambda m: keras_tram.R3F(m, divergence="symmetric_kl"),
+    "mesa": lambda m: keras_tram.MESA(m, decay=0.9, weight=0.5),
+}
+
+
+CONSTRUCTORS = {
+    "SAM": lambda model: keras_tram.SAM(model, rho=0.2),
+    "ASAM": lambda model: keras_tram.ASAM(model, rho=0.4, eta=0.05),
+    "SharpnessAware": lambda model: keras_tram.SharpnessAware(
+        model, keras_tram.geometry.Adaptive(0.01), keras_tram.radius.Constant(0.1)
+    ),
+}
+
+
+def compiled(wrapped, optimizer=None, **kwargs):
+    """`wrapped` compiled with SGD (0.1 unless given), cross-entropy and accuracy."""
+    wrapped.compile(
+        optimizer=optimizer or keras.optimizers.SGD(0.1),
+        loss=cross_entropy(),
+        metrics=["accuracy"],
+        **kwargs,
+    )
+    return wrapped

@@ -83,7 +83,7 @@ def load_data(arguments, languages):
 
 
 # The tiny encoder: pre-trained as a masked LM on short names.
-TINY_ENCODER = pretraining.TINY.replace(vocabulary_size=1000, sequence_length=16, epochs=8,
+TINY_ENCODER = pretraining.TINY.replace(vocabulary_size=1000, sequence_length=16, epochs=4,
                                         learning_rate=3e-3)
 
 

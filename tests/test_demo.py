@@ -25,14 +25,18 @@ def keras_tram(*arguments, cwd):
                           timeout=900, cwd=cwd)
 
 
-@pytest.fixture(scope="module")
-def smallest_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("demo")
-    completed = keras_tram("demo", "--methods", "adam,tram-previous_step", "--seeds", "2",
-                           "--backend", BACKEND, "--output", "out", "--cache", "cache",
-                           cwd=folder)
+def _demo_run(folder, *arguments):
+    """`keras-tram demo` with 2 seeds on this backend, in `folder` (output `out`,
+    cache `cache`); returns `(folder, completed)` once it has exited 0."""
+    completed = keras_tram("demo", *arguments, "--seeds", "2", "--backend", BACKEND,
+                           "--output", "out", "--cache", "cache", cwd=folder)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return folder, completed
+
+
+@pytest.fixture(scope="module")
+def smallest_run(tmp_path_factory):
+    return _demo_run(tmp_path_factory.mktemp("demo"), "--methods", "adam,tram-previous_step")
 
 
 def test_demo_writes_every_run(smallest_run):
@@ -125,13 +129,8 @@ def test_demo_reuses_and_rebuilds_its_cache(smallest_run):
 
 @pytest.fixture(scope="module")
 def smallest_lm_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("demo-lm")
-    completed = keras_tram("demo", "--task", "lm", "--tiny",
-                           "--methods", "adam,tram-previous_step-released", "--seeds", "2",
-                           "--backend", BACKEND, "--output", "out", "--cache", "cache",
-                           cwd=folder)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return folder, completed
+    return _demo_run(tmp_path_factory.mktemp("demo-lm"), "--task", "lm", "--tiny",
+                     "--methods", "adam,tram-previous_step-released")
 
 
 def test_lm_demo_writes_every_run(smallest_lm_run):

@@ -197,6 +197,23 @@ def merge_call_needed():
     return not tf.__internal__.distribute.strategy_supports_no_merge_call()
 
 
+def branch(condition, true_fn, false_fn):
+    """`true_fn()` where `condition` holds, else `false_fn()`: a Python bool
+    picks when tracing, a boolean tensor runs one of the two (`ops.cond`).
+
+    Under a `tf.distribute` strategy whose collectives go through
+    `merge_call`, which may not sit inside a replica's `cond`, both run and
+    their results are selected: the same values, without the saving.
+    """
+    if isinstance(condition, bool):
+        return true_fn() if condition else false_fn()
+    if merge_call_needed():
+        return keras.tree.map_structure(
+            lambda a, b: keras.ops.where(condition, a, b), true_fn(), false_fn()
+        )
+    return keras.ops.cond(condition, true_fn, false_fn)
+
+
 def apply_across_replicas(finite, apply, *values):
     """Runs `apply(*values)` on every replica if `finite` (the same on every
     replica), from the cross-replica context, where a `cond` may synchronise

@@ -7,7 +7,6 @@ it composes (geometry, radius, penalty, references) read the step through
 `Step`.
 """
 
-import math
 from typing import Any
 from typing import NamedTuple
 
@@ -20,69 +19,12 @@ from keras_tram import _compat
 from keras_tram import _noise
 from keras_tram import geometry as geometry_lib
 from keras_tram import radius as radius_lib
+from keras_tram import reuse as reuse_lib
+from keras_tram._step_view import Step
 
-
-class Step:
-    """What the pieces of a method may read about the current training step.
-
-    Attributes:
-        x, y, sample_weight: the batch (or the part of it being perturbed).
-        weights: current values of the trainable weights (θ).
-        non_trainable: values of the non-trainable variables before the step.
-        rows: `(start, total)` when the batch is rows `start:` of a batch
-            of `total` split into chunks, else None.
-        y_pred: the clean predictions at `weights` (set after the clean pass).
-        loss: the clean loss (set after the clean pass).
-        grads: the clean gradient `g` in float32, loss scaling undone.
-        grad_norm: its global L2 norm.
-        statistics: values to log this step, by name.
-        applies_update: whether the optimizer changes the weights this step
-            (False on the accumulating steps of gradient accumulation).
-        new_non_trainable, new_metrics: the variables' values after the step.
-        perturbation_sum: adds up values over the replicas that share a
-            perturbation (all of them with `perturbation_scope="global"`,
-            none with `"per_replica"`).
-    """
-
-    def __init__(self, algorithm, x, y, sample_weight, weights, non_trainable, rows=None):
-        self.x, self.y, self.sample_weight = x, y, sample_weight
-        self.weights = weights
-        self.non_trainable = non_trainable
-        self.rows = rows
-        self.y_pred = None
-        self.loss = None
-        self.grads = None
-        self.grad_norm = None
-        self.statistics = {}
-        self.applies_update = True
-        self.new_non_trainable = None
-        self.new_metrics = None
-        self.perturbation_sum = algorithm.perturbation_sum
-        self._algorithm = algorithm
-
-    def forward(self, weights, noise=None):
-        """Predictions at `weights` in training mode, with the non-trainable
-        state the clean pass started from (so the same dropout masks and
-        BatchNorm mode), on noised inputs if `noise` is a `NoisedInputs`."""
-        return self._algorithm.forward(weights, self.non_trainable, self.x, noise, self.rows)[0]
-
-    def head(self, fraction):
-        """This step restricted to the first `ceil(fraction · batch)` examples
-        (its batch, clean predictions and sample weights)."""
-        size = _batch.size(self.x)
-        if isinstance(size, int):
-            count = max(1, math.ceil(fraction * size))
-        else:
-            count = ops.maximum(1, ops.cast(ops.ceil(fraction * ops.cast(size, "float32")), "int32"))
-        batch = _batch.rows((self.x, self.y, self.sample_weight), 0, count)
-        part = Step(self._algorithm, *batch, self.weights, self.non_trainable, self.rows)
-        part.y_pred = _batch.rows(self.y_pred, 0, count)
-        part.statistics = self.statistics
-        return part
-
-    def value_of(self, variable):
-        """The value a non-trainable variable of the wrapper had before the step."""
-        return self.non_trainable[self._algorithm.index_of(variable)]
+# The statistics of the perturbation itself, which a step that reuses the
+# sharpness direction does not have (and does not log).
+PERTURBATION_STATISTICS = ("radius", "relative_perturbation", "divergence")
 
 
 class Pass(NamedTuple):
@@ -93,6 +35,15 @@ class Pass(NamedTuple):
     non_trainable: Any  # the non-trainable values after the pass
     metrics: Any  # the metric values after `compute_loss`
     statistics: dict  # the penalty's divergence and value, if any
+
+
+class Update(NamedTuple):
+    """Where a step stands among the optimizer's updates."""
+
+    applies: Any = True  # whether the optimizer changes the weights this step
+    index: Any = 0  # the update's index t (the optimizer's `iterations`)
+    micro_step: Any = 0  # this step's place among the update's micro-steps
+    micro_steps: int = 1  # micro-steps per update (gradient accumulation)
 
 
 class Result(NamedTuple):
@@ -110,6 +61,8 @@ class Algorithm:
         model: the Keras model being trained (the wrapper): its
             `stateless_call`, `stateless_compute_loss` and variables.
         geometry, radius, penalty, ascent_noise: the method's pieces.
+        reuse: a `keras_tram.reuse.Reuse`: how often the full step runs
+            (None: every update).
         perturbation_scope, perturbation_chunks, log_relative_perturbation:
             as for `SharpnessAware`.
         seed_generator: the generator input noise is drawn from, if any
@@ -117,8 +70,10 @@ class Algorithm:
     """
 
     def __init__(self, model, geometry, radius, penalty, ascent_noise, perturbation_scope,
-                 perturbation_chunks, log_relative_perturbation, seed_generator=None):
+                 perturbation_chunks, log_relative_perturbation, seed_generator=None,
+                 reuse=None):
         self.model = model
+        self.reuse = reuse_lib.Reuse() if reuse is None else reuse
         self.geometry = geometry
         self.radius = radius
         self.penalty = penalty
@@ -145,6 +100,9 @@ class Algorithm:
         if penalty is not None:
             names += [self.penalty_divergence_name, "penalty"]
         self.statistic_names = tuple(names + ["grad_norm"])
+        self.full_step_names = tuple(
+            name for name in names if name in PERTURBATION_STATISTICS
+        ) if self.reuse.skips else ()
         self._index = None
 
     @staticmethod
@@ -182,13 +140,15 @@ class Algorithm:
     # ---------------------------------------------------------------- run
 
     def run(self, weights, non_trainable, metrics, x, y, sample_weight, loss_scale,
-            unscale, applies_update=True):
+            unscale, update=Update()):
         """The step on a batch: a `Result`.
 
         `loss_scale` is the factor the optimizer's `scale_loss` multiplies the
         loss by; `unscale` says whether the optimizer expects gradients of
-        the scaled loss (then `g` for the perturbation is unscaled here).
+        the scaled loss (then `g` for the perturbation is unscaled here);
+        `update` is an `Update`.
         """
+        full = self.reuse.is_full(update.index) if self.geometry is not None else True
         chunks = self._chunk_count()
         if chunks == 1:
             parts = [(x, y, sample_weight, None, None)]
@@ -198,6 +158,7 @@ class Algorithm:
         state = non_trainable
         for part_x, part_y, part_weight, fraction, rows in parts:
             step = Step(self, part_x, part_y, part_weight, weights, state, rows)
+            step.full = full
             grads = self._part_step(step, metrics, loss_scale, unscale, fraction)
             descent_grads = grads if descent_grads is None else [
                 a + b for a, b in zip(descent_grads, grads)
@@ -208,8 +169,9 @@ class Algorithm:
             steps.append(step)
         step = steps[0] if chunks == 1 else self._whole_batch(steps, parts, x, y, sample_weight)
         step.non_trainable = non_trainable
-        step.applies_update = applies_update
-        step.new_non_trainable = self._with_state_updates(step, state)
+        step.applies_update = update.applies
+        step.full = full
+        step.new_non_trainable = self._with_state_updates(step, state, steps, update)
 
         # One norm per gradient is a cheaper finiteness check than one per
         # element; a norm that overflows float32 also counts as non-finite.
@@ -260,15 +222,55 @@ class Algorithm:
         step.grad_norm = step.statistics["grad_norm"] = geometry_lib.global_norm(grads)
         if self.geometry is None:
             return scaled_grads
+        if not self.reuse.skips:
+            descent, statistics = self._perturbed_gradient(step, grad_fn)
+            step.statistics.update(statistics)
+            return descent
+        names = self.full_step_names
+        weight = 1.0 if fraction is None else fraction
+
+        def full_step():
+            descent, statistics = self._perturbed_gradient(step, grad_fn)
+            perturbed = self._mean_gradient(descent, loss_scale if unscale else None, fraction)
+            direction = self.reuse.direction(grads, perturbed)
+            if self.perturbation_scope == "per_replica" and _backend.splits_batch_across_replicas():
+                # One direction for every replica: the mean of theirs.
+                direction = [d / _backend.replica_count() for d in _backend.replica_sum(direction)]
+            return descent, [statistics[n] for n in names], [weight * d for d in direction]
+
+        def reuse_step():
+            # In the units of the descent gradient: loss-scaled, this part's
+            # share of the batch, this replica's share of the replicas' sum.
+            units = weight * (loss_scale if unscale else 1.0)
+            if _backend.splits_batch_across_replicas():
+                units = units / _backend.replica_count()
+            previous = [step.value_of(v) for v in self.reuse.variables]
+            descent = [
+                g + geometry_lib.as_dtype(units * a, g.dtype)
+                for g, a in zip(scaled_grads, self.reuse.added(previous, step.grad_norm))
+            ]
+            zero = ops.zeros((), "float32")
+            return descent, [zero for _ in names], [ops.zeros_like(v) for v in previous]
+
+        descent, values, step.direction = _backend.branch(step.full, full_step, reuse_step)
+        step.statistics.update(zip(names, values))
+        return descent
+
+    def _perturbed_gradient(self, step, grad_fn):
+        """The loss-scaled gradient at the perturbed weights, and the
+        perturbation's statistics (`radius`, ...)."""
+        kept, step.statistics = step.statistics, {}
         radius = ops.cast(self.radius(step), "float32")
         step.statistics["radius"] = radius
-        epsilon = self.geometry.perturbation(grads, step.weights, radius, step.grad_norm)
+        epsilon = self.geometry.perturbation(step.grads, step.weights, radius, step.grad_norm)
         if self.log_relative_perturbation:
             step.statistics["relative_perturbation"] = geometry_lib.global_norm(
                 epsilon
             ) * geometry_lib.safe_reciprocal(geometry_lib.global_norm(step.weights))
         perturbed = [w + geometry_lib.as_dtype(e, w.dtype) for w, e in zip(step.weights, epsilon)]
-        return grad_fn(perturbed, at_step_weights=False)[1]
+        statistics, step.statistics = step.statistics, kept
+        statistics = {name: ops.cast(value, "float32") for name, value in statistics.items()}
+        return grad_fn(perturbed, at_step_weights=False)[1], statistics
 
     def _mean_gradient(self, scaled_grads, loss_scale, fraction):
         """`g`, the gradient of the mean loss over the batch the perturbation
@@ -332,10 +334,12 @@ class Algorithm:
         return [old if i == index else value
                 for i, (value, old) in enumerate(zip(values, old_values))]
 
-    def _with_state_updates(self, step, state):
-        """`state` with the components' updates (references, moving averages)
-        and the input-noise seed moved on."""
+    def _with_state_updates(self, step, state, steps, update):
+        """`state` with the components' updates (references, moving averages),
+        the sharpness direction and the input-noise seed moved on."""
         updates = {}
+        if self.reuse.variables and self.geometry is not None:
+            updates.update(self._direction_updates(step, steps, update))
         for component in self.components:
             for variable, value in component.update(step):
                 if step.applies_update is not True:
@@ -352,6 +356,20 @@ class Algorithm:
             ops.cast(updates[id(v)], v.dtype) if id(v) in updates else value
             for v, value in zip(self.model.non_trainable_variables, state)
         ]
+
+
+    def _direction_updates(self, step, steps, update):
+        """The new `g_v` by variable id: on a full update the mean over its
+        micro-steps of the parts' `g_v`, else as it was."""
+        new = [sum(parts) for parts in zip(*[s.direction for s in steps])]
+        updates = {}
+        for variable, value in zip(self.reuse.variables, new):
+            previous = step.value_of(variable)
+            if update.micro_steps > 1:
+                start = ops.where(ops.equal(update.micro_step, 0), 0.0, previous)
+                value = start + value / float(update.micro_steps)
+            updates[id(variable)] = ops.where(step.full, value, previous)
+        return updates
 
 
 def _split_batch(x, y, sample_weight, chunks):

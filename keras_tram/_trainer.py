@@ -13,6 +13,7 @@ from keras import ops
 from keras_tram import _backend
 from keras_tram import _batch
 from keras_tram import _compat
+from keras_tram import _step
 
 
 class _Common:
@@ -32,7 +33,7 @@ class _Common:
             weights, non_trainable, metrics, x, y, sample_weight,
             loss_scale=self._optimizer_value(_loss_scale, optimizer_values),
             unscale=self._optimizer_scales_loss(),
-            applies_update=self._optimizer_value(_applies_update, optimizer_values),
+            update=self._optimizer_value(_update, optimizer_values),
         )
 
     def _optimizer_value(self, read, optimizer_values):
@@ -66,7 +67,7 @@ class _Common:
         replicas = _backend.replica_count() if _backend.splits_batch_across_replicas() else 1
         self.statistics_tracker.update_state(
             [step.statistics[name] for name in self._algorithm.statistic_names], finite,
-            skip_weight=1.0 / replicas,
+            skip_weight=1.0 / replicas, full=step.full,
         )
         return self.compute_metrics(step.x, step.y, step.y_pred, step.sample_weight)
 
@@ -160,15 +161,20 @@ def _loss_scale(optimizer):
     return ops.cast(optimizer.scale_loss(one), "float32")
 
 
-def _applies_update(optimizer):
-    """Whether the optimizer changes the weights this step: False on the
-    accumulating steps of `gradient_accumulation_steps`."""
+def _update(optimizer):
+    """Where this step stands among the optimizer's updates (`_step.Update`):
+    whether it changes the weights (not on the accumulating steps of
+    `gradient_accumulation_steps`), the update's index and the micro-step's."""
+    if optimizer is None:
+        return _step.Update()
+    index = ops.convert_to_tensor(optimizer.iterations)
     steps = getattr(optimizer, "gradient_accumulation_steps", None)
     if not steps or steps <= 1:
-        return True
+        return _step.Update(True, index)
     # `iterations` counts updates when accumulating; Keras decides with its
     # micro-step counter, as here.
-    return ops.equal(ops.mod(_compat.micro_steps(optimizer) + 1, steps), 0)
+    micro_step = ops.mod(ops.convert_to_tensor(_compat.micro_steps(optimizer)), steps)
+    return _step.Update(ops.equal(micro_step + 1, steps), index, micro_step, steps)
 
 
 def _select(condition, new_values, old_values):

@@ -18,6 +18,7 @@ from keras_tram import _trainer
 from keras_tram import geometry as geometry_lib
 from keras_tram import penalty as penalty_lib
 from keras_tram import radius as radius_lib
+from keras_tram import reuse as reuse_lib
 from keras_tram import trust_region
 from keras_tram._step import Step  # noqa: F401 (public as keras_tram.Step)
 from keras_tram._validation import check_choice
@@ -72,10 +73,22 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
         log_relative_perturbation: whether to log `relative_perturbation`,
             `‖ε‖ / ‖θ‖` over all trainable weights (how far each step really
             moves the weights), at the cost of two more norms per step.
+        perturbation_every: an integer k >= 1: run the full step on every
+            k-th optimizer update only (updates 0, k, 2k, ...) and reuse its
+            sharpness direction on the others, at the cost of one
+            forward-backward pass each (LookSAM; `keras_tram.reuse.Reuse`).
+            The default, 1, is the method itself. With k > 1, `radius`,
+            `divergence` and `relative_perturbation` are logged over the full
+            steps only, and the direction is kept in one float32 copy of the
+            trainable weights, saved with the model.
+        reuse_strength: α, a finite number >= 0 (default 0.7, LookSAM's):
+            the steps in between descend along `g + α (‖g‖ / ‖g_v‖) g_v`.
 
     The named methods (`SAM`, `TRAM`, ...) take `perturbation_scope`,
-    `perturbation_chunks` and `log_relative_perturbation` as keywords too;
-    the methods without a perturbation (TRPO, R3F, MESA) ignore them.
+    `perturbation_chunks`, `log_relative_perturbation`, `perturbation_every`
+    and `reuse_strength` as keywords too; the methods without a perturbation
+    (TRPO, R3F, MESA) ignore the first three and take no `perturbation_every`
+    but 1.
 
     Example:
 
@@ -93,7 +106,8 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
 
     def __init__(self, model, geometry=None, radius=None, penalty=None,
                  ascent_noise=None, perturbation_scope="global", perturbation_chunks=1,
-                 log_relative_perturbation=False, **kwargs):
+                 log_relative_perturbation=False, perturbation_every=1, reuse_strength=0.7,
+                 **kwargs):
         super().__init__(**kwargs)
         self.model = check_model(model)
         _backend.seed_dropout(model)
@@ -129,6 +143,13 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
                 f"{log_relative_perturbation!r}."
             )
         self.log_relative_perturbation = log_relative_perturbation
+        self.reuse = reuse_lib.Reuse(perturbation_every, reuse_strength)
+        if self.reuse.skips and geometry is None:
+            raise ValueError(
+                "`perturbation_every` > 1 reuses the direction of a perturbation, "
+                f"but this method has none (no `geometry`); received "
+                f"perturbation_every={perturbation_every!r}. Leave it at 1."
+            )
         self.geometry = geometry
         self.radius = radius
         self.penalty = penalty
@@ -139,8 +160,11 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
         self._algorithm = _step.Algorithm(
             self, geometry, radius, penalty, ascent_noise, self.perturbation_scope,
             self.perturbation_chunks, log_relative_perturbation, self.noise_seed_generator,
+            self.reuse,
         )
-        self.statistics_tracker = _statistics.StatisticMeans(self._algorithm.statistic_names)
+        self.statistics_tracker = _statistics.StatisticMeans(
+            self._algorithm.statistic_names, self._algorithm.full_step_names
+        )
         self._components_built = False
         if model.built:
             self.build(None)
@@ -159,6 +183,7 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
         if not self._components_built:
             for component in self._algorithm.components:
                 component.build(self)
+            self.reuse.build(self)
             self._components_built = True
         self.built = True
 
@@ -209,6 +234,8 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
             "perturbation_scope": self.perturbation_scope,
             "perturbation_chunks": self.perturbation_chunks,
             "log_relative_perturbation": self.log_relative_perturbation,
+            "perturbation_every": self.reuse.every,
+            "reuse_strength": self.reuse.strength,
         }
 
     def get_config(self):

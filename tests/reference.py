@@ -230,3 +230,64 @@ def linear_sequence_loss_and_grads(weights, x, y, sample_weight):
     loss = (sample_weight * -np.log((p * onehot).sum(-1))).sum() / count
     dz = (p - onehot) * sample_weight[..., None] / count
     return loss, [np.einsum("btf,btc->fc", x, dz), dz.sum(axis=(0, 1))]
+
+
+# ---------------------------------------------------------------- reuse
+
+
+def reuse_direction(grads, perturbed, tolerance=1e-5):
+    """LookSAM's `g_v = g_s − (⟨g, g_s⟩ / ‖g‖²) g` (0 where `g = 0`, and
+    where it is below `tolerance · ‖g_s‖`, float32's rounding)."""
+    squared = sum((g * g).sum() for g in grads)
+    coefficient = 0.0 if squared == 0 else sum((g * s).sum() for g, s in zip(grads, perturbed)) / squared
+    direction = [s - coefficient * g for g, s in zip(grads, perturbed)]
+    if global_norm(direction) <= tolerance * global_norm(perturbed):
+        return [np.zeros_like(d) for d in direction]
+    return direction
+
+
+def train_reuse(weights, batches, every, strength, learning_rate, epsilon_fn=None,
+                accumulate=1, scale=1.0):
+    """SGD with the full sharpness-aware step on updates `t % every == 0`
+    and LookSAM's reuse on the others, over `batches` of `(x, y, sample_weight)`.
+
+    The full step perturbs by `epsilon_fn(g, w)`, or, without one, is
+    TRAM-θ_{t-1}'s (ASAM's ε with η = 0 and radius `scale · KL(θ_{t-1} ‖ θ)`
+    on the batch, θ_{t-1} the weights before the last update). With `accumulate` >
+    1 the micro-steps of an update are averaged, and so are their `g_v`.
+    Returns the final weights and TRAM's radius at each full step (None
+    for each full step with `epsilon_fn`).
+    """
+    weights = [np.array(w, dtype=np.float64) for w in weights]
+    previous = weights
+    direction = [np.zeros_like(w) for w in weights]
+    radii, pending, directions = [], [], []
+    for index, (x, y, sample_weight) in enumerate(batches):
+        update = index // accumulate
+        _, grads = mlp_loss_and_grads(weights, x, y, sample_weight)
+        if update % every == 0:
+            if epsilon_fn is None:
+                radius = scale * kl(mlp_logits(previous, x), mlp_logits(weights, x))
+                eps = asam_epsilon(grads, weights, radius, 0.0)
+                radii.append(radius)
+            else:
+                eps = epsilon_fn(grads, weights)
+                radii.append(None)
+            _, descent = mlp_loss_and_grads(
+                [w + e for w, e in zip(weights, eps)], x, y, sample_weight
+            )
+            directions.append(reuse_direction(grads, descent))
+        else:
+            norm = global_norm(direction)
+            reused = 0.0 if norm == 0 else strength * global_norm(grads) / norm
+            descent = [g + reused * v for g, v in zip(grads, direction)]
+        pending.append(descent)
+        if len(pending) < accumulate:
+            continue
+        if directions:
+            direction = [np.mean(parts, axis=0) for parts in zip(*directions)]
+        descent = [np.mean(parts, axis=0) for parts in zip(*pending)]
+        pending, directions = [], []
+        previous = weights
+        weights = [w - learning_rate * g for w, g in zip(weights, descent)]
+    return weights, radii

@@ -1,0 +1,173 @@
+"""LookSAM's reuse of the sharpness direction (`perturbation_every`,
+`reuse_strength`) against an independent NumPy closed form, on the current
+backend in every execution mode. (Skipped steps, resuming, mixed precision
+and the trace count: the `*_every_2` methods of `test_trainer.py`; two
+devices: `test_distribution.py`.)"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import assert_weights
+from conftest import cross_entropy
+from conftest import EXECUTION_MODES
+from conftest import make_data
+from conftest import make_mlp
+
+import keras_tram
+import reference
+
+METHODS = {
+    "sam": (
+        lambda model, **options: keras_tram.SAM(model, rho=0.3, **options),
+        lambda g, w: reference.sam_epsilon(g, w, rho=0.3),
+    ),
+    "asam": (
+        lambda model, **options: keras_tram.ASAM(model, rho=0.5, eta=0.0, **options),
+        lambda g, w: reference.asam_epsilon(g, w, rho=0.5, eta=0.0),
+    ),
+    "tram_previous_step": (
+        # A radius large enough that g_v stands well above float32's rounding.
+        lambda model, **options: keras_tram.TRAM(
+            model, variant="previous_step", radius_scale=TRAM_SCALE, **options
+        ),
+        None,  # the closed form's own TRAM-θ_{t-1}
+    ),
+}
+TRAM_SCALE = 20.0
+LEARNING_RATE = 0.5
+EVERY, STRENGTH = 3, 0.7
+
+
+def _batches(x, y, size, epochs=2):
+    return [(x[i:i + size], y[i:i + size], None)
+            for _ in range(epochs) for i in range(0, len(x), size)]
+
+
+def _fit(method, optimizer=None, batch_size=4, epochs=2, **options):
+    build, _ = METHODS[method]
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    compile_options = {k: options.pop(k) for k in ("jit_compile", "run_eagerly") if k in options}
+    wrapped = build(model, **options)
+    wrapped.compile(optimizer=optimizer or keras.optimizers.SGD(LEARNING_RATE),
+                    loss=cross_entropy(), **compile_options)
+    history = wrapped.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False,
+                          verbose=0).history
+    return wrapped, history, initial, _batches(x, y, batch_size, epochs)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("mode", sorted(EXECUTION_MODES))
+def test_reuse_matches_closed_form(method, mode):
+    """k = 3, α = 0.7 over 8 updates: full steps at 0, 3 and 6, the others
+    along `g + α (‖g‖ / ‖g_v‖) g_v`; the radius logged over full steps only."""
+    wrapped, history, initial, batches = _fit(
+        method, perturbation_every=EVERY, reuse_strength=STRENGTH, **EXECUTION_MODES[mode]
+    )
+    _, epsilon = METHODS[method]
+    expected, radii = reference.train_reuse(
+        initial, batches, EVERY, STRENGTH, LEARNING_RATE, epsilon, scale=TRAM_SCALE
+    )
+    assert_weights(wrapped.model, expected)
+    assert len(radii) == 3
+    if method == "tram_previous_step":
+        # Epoch 1 has the full steps 0 and 3, epoch 2 the full step 6.
+        want = [np.mean(radii[:2]), radii[2]]
+        np.testing.assert_allclose(history["radius"], want, rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(np.array(history["divergence"]) * TRAM_SCALE, want,
+                                   rtol=1e-4, atol=1e-8)
+        assert radii[1] > 0
+    else:
+        np.testing.assert_allclose(history["radius"], [wrapped.radius.rho] * 2, rtol=1e-6)
+    # The reuse matters: without it (α = 0) the weights are others.
+    without, _ = reference.train_reuse(
+        initial, batches, EVERY, 0.0, LEARNING_RATE, epsilon, scale=TRAM_SCALE
+    )
+    assert not np.allclose(without[0], expected[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_update_a_full_step_is_the_method_itself(method):
+    """`perturbation_every=1` is today's step bit for bit, whatever α, and
+    keeps no direction."""
+    runs = [_fit(method), _fit(method, perturbation_every=1, reuse_strength=0.2)]
+    (default, history, _, _), (explicit, explicit_history, _, _) = runs
+    assert explicit_history == history
+    for a, b in zip(default.model.get_weights(), explicit.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert len(explicit.non_trainable_variables) == len(default.non_trainable_variables)
+
+
+def test_the_direction_is_one_float32_copy_of_the_trainable_weights():
+    model, _ = make_mlp()
+    plain = keras_tram.SAM(make_mlp()[0])
+    wrapped = keras_tram.SAM(model, perturbation_every=5)
+    extra = len(wrapped.non_trainable_variables) - len(plain.non_trainable_variables)
+    assert extra == len(model.trainable_variables) == len(wrapped.reuse.variables)
+    for copy, weight in zip(wrapped.reuse.variables, model.trainable_variables):
+        assert tuple(copy.shape) == tuple(weight.shape) and copy.dtype == "float32"
+
+
+@pytest.mark.parametrize("method", ["sam", "tram_previous_step"])
+def test_reuse_with_gradient_accumulation(method):
+    """Micro-steps of one update are all full or all reuse steps; a full
+    update's `g_v` is the mean of its micro-steps'."""
+    optimizer = keras.optimizers.SGD(LEARNING_RATE, gradient_accumulation_steps=2)
+    wrapped, _, initial, batches = _fit(
+        method, optimizer=optimizer, perturbation_every=2, epochs=4
+    )
+    _, epsilon = METHODS[method]
+    expected, radii = reference.train_reuse(
+        initial, batches, 2, STRENGTH, LEARNING_RATE, epsilon, accumulate=2, scale=TRAM_SCALE
+    )
+    assert len(radii) == 8  # 8 updates of 2 micro-steps; 4 of them full
+    assert_weights(wrapped.model, expected)
+
+
+@pytest.mark.parametrize("method", ["sam", "asam"])
+def test_reuse_undoes_loss_scaling(method):
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(LEARNING_RATE), initial_scale=1024.0
+    )
+    wrapped, _, initial, batches = _fit(
+        method, optimizer=optimizer, perturbation_every=EVERY, reuse_strength=STRENGTH
+    )
+    _, epsilon = METHODS[method]
+    expected, _ = reference.train_reuse(initial, batches, EVERY, STRENGTH, LEARNING_RATE, epsilon)
+    assert_weights(wrapped.model, expected)
+
+
+def test_reuse_arguments_round_trip_through_the_config():
+    wrapped = keras_tram.TRAM(make_mlp()[0], perturbation_every=4, reuse_strength=0.5)
+    config = wrapped.get_config()
+    assert (config["perturbation_every"], config["reuse_strength"]) == (4, 0.5)
+    rebuilt = keras_tram.TRAM.from_config(json.loads(json.dumps(config)))
+    assert (rebuilt.reuse.every, rebuilt.reuse.strength) == (4, 0.5)
+    assert rebuilt.statistics_tracker.full_step_names == ("radius", "divergence")
+
+
+BAD_ARGUMENTS = [
+    ({"perturbation_every": 0}, ValueError),
+    ({"perturbation_every": -2}, ValueError),
+    ({"perturbation_every": 2.0}, TypeError),
+    ({"perturbation_every": True}, TypeError),
+    ({"reuse_strength": -0.1}, ValueError),
+    ({"reuse_strength": float("nan")}, ValueError),
+    ({"reuse_strength": "0.7"}, TypeError),
+]
+
+
+@pytest.mark.parametrize("method", ["sam", "tram_previous_step"])
+@pytest.mark.parametrize("index", range(len(BAD_ARGUMENTS)))
+def test_bad_reuse_arguments_raise_clear_errors(method, index):
+    options, error = BAD_ARGUMENTS[index]
+    (argument,) = options
+    with pytest.raises(error, match=f"`{argument}`"):
+        METHODS[method][0](make_mlp()[0], **options)
+
+
+def test_a_method_without_a_perturbation_takes_no_reuse():
+    with pytest.raises(ValueError, match="`perturbation_every`"):
+        keras_tram.MESA(make_mlp()[0], perturbation_every=3)

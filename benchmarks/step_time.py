@@ -1,6 +1,7 @@
 """Per-step time and memory of every method, and of the peers, per backend.
 
-    python benchmarks/step_time.py [--readme README.md] [--backends tensorflow,jax,torch]
+    python benchmarks/step_time.py [--readme README.md] [--section step-time]
+        [--backends tensorflow,jax,torch]
         [--models mlp,conv,transformer] [--methods sam,tram-previous_step,...]
         [--steps 30] [--repeats 5] [--jit-compile auto|true|false] [--no-peers]
 
@@ -20,7 +21,11 @@ mmap threshold lowered so that freed buffers leave the process; Linux only).
 
 The Markdown tables go to `--output` (default `benchmarks/results.md`) and,
 with `--readme`, replace the part of that file between the two
-`<!-- step-time -->` markers.
+`<!-- step-time -->` markers (`<!-- SECTION -->` with `--section`).
+
+`<method>/k5` and `<method>/k10` are the method with `perturbation_every=5`
+or 10 (LookSAM's reuse): their time per step is the mean over full and reuse
+steps, the cost a run pays.
 """
 
 import argparse
@@ -56,10 +61,18 @@ METHODS = {
     "r3f": ("R3F", {}),
     "mesa": ("MESA", {}),
 }
+# LookSAM's reuse: the full step every k updates (`perturbation_every`).
+REUSED = ("sam", "asam", "tram-previous_step", "tram-pretrained", "tram-input_noise",
+          "tram-fisher")
+METHODS.update({
+    f"{name}/k{every}": (METHODS[name][0], {**METHODS[name][1], "perturbation_every": every})
+    for every in (5, 10) for name in REUSED
+})
 # Methods that noise the inputs: on token ids, the noise goes on the embedding.
-NOISE_METHODS = {"tram-input_noise", "tram-input_noise/4", "r3f"}
+NOISE_METHODS = {"tram-input_noise", "tram-input_noise/4", "tram-input_noise/k5",
+                 "tram-input_noise/k10", "r3f"}
 PEERS = {"tensorflow": "tf_keras", "jax": "optax", "torch": "torch loop"}
-MARKER = "<!-- step-time -->"
+MARKER = "<!-- {} -->"
 
 
 def _trainer(keras, method, model_name, jit_compile):
@@ -249,14 +262,15 @@ def markdown(results, command, backends, model_names):
     return "\n".join(lines) + "\n"
 
 
-def _splice(path, table):
+def _splice(path, table, section):
+    marker = MARKER.format(section)
     with open(path) as handle:
         text = handle.read()
-    parts = text.split(MARKER)
+    parts = text.split(marker)
     if len(parts) != 3:
-        sys.exit(f"{path} must contain exactly two {MARKER} markers")
+        sys.exit(f"{path} must contain exactly two {marker} markers")
     with open(path, "w") as handle:
-        handle.write(parts[0] + MARKER + "\n" + table + MARKER + parts[2])
+        handle.write(parts[0] + marker + "\n" + table + marker + parts[2])
 
 
 def main():
@@ -275,6 +289,9 @@ def main():
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__),
                                                          "results.md"))
     parser.add_argument("--readme", help="a file whose step-time part is replaced")
+    parser.add_argument("--section", default="step-time",
+                        help="the part of --readme to replace: between two "
+                             "<!-- SECTION --> markers")
     parser.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     methods = ["plain", "sam"] + [m for m in args.methods.split(",") if m not in ("plain", "sam")]
@@ -314,7 +331,7 @@ def main():
     with open(args.output.replace(".md", ".json"), "w") as handle:
         json.dump(results, handle, indent=1)
     if args.readme:
-        _splice(args.readme, table)
+        _splice(args.readme, table, args.section)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,21 @@ def fused_global_norm(tensors):
     return torch.nn.utils.get_total_norm(tensors)
 
 
+def add_scaled(tensors, others, scale):
+    """`[t + scale · o]` for two lists of tensors and a float32 scalar tensor,
+    each sum in the dtype of `t`; on torch two fused calls for the whole
+    list where the dtypes agree."""
+    if keras.backend.backend() == "torch" and tensors and all(
+        t.dtype == o.dtype == scale.dtype for t, o in zip(tensors, others)
+    ):
+        import torch
+
+        return list(torch._foreach_add(tensors, torch._foreach_mul(others, scale)))
+    return [
+        t + keras.ops.cast(scale * o, t.dtype) for t, o in zip(tensors, others)
+    ]
+
+
 def values_of(variables):
     """Current values of Keras variables as plain tensors, outside any tape."""
     backend = keras.backend.backend()

@@ -12,7 +12,7 @@ class StatisticMeans(keras.metrics.Metric):
     `result()` is a dict: each name's mean (0 before any kept step) and
     `skipped_steps`. The names in `full_step_names` (the perturbation's
     statistics of a method that reuses its sharpness direction) are averaged
-    over the kept full steps only. (`keras_tram.analysis.StepStatistics` is
+    over the kept full steps only, whose number is then `full_steps`. (`keras_tram.analysis.StepStatistics` is
     the callback that records them per step.)
     """
 
@@ -55,6 +55,8 @@ class StatisticMeans(keras.metrics.Metric):
             if name in self.full_step_names:
                 results[name] = ops.divide_no_nan(totals[i], self.full_kept)
         results["skipped_steps"] = ops.convert_to_tensor(self.skipped)
+        if self.full_kept is not None:
+            results["full_steps"] = ops.convert_to_tensor(self.full_kept)
         return results
 
     def get_config(self):

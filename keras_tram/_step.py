@@ -17,6 +17,7 @@ from keras_tram import _backend
 from keras_tram import _batch
 from keras_tram import _compat
 from keras_tram import _noise
+from keras_tram import _reusing
 from keras_tram import geometry as geometry_lib
 from keras_tram import radius as radius_lib
 from keras_tram import reuse as reuse_lib
@@ -159,7 +160,7 @@ class Algorithm:
         for part_x, part_y, part_weight, fraction, rows in parts:
             step = Step(self, part_x, part_y, part_weight, weights, state, rows)
             step.full = full
-            grads = self._part_step(step, metrics, loss_scale, unscale, fraction)
+            grads = self._part_step(step, metrics, loss_scale, unscale, fraction, update)
             descent_grads = grads if descent_grads is None else [
                 a + b for a, b in zip(descent_grads, grads)
             ]
@@ -201,7 +202,7 @@ class Algorithm:
         scaled = objective * ops.cast(loss_scale, objective.dtype)
         return scaled, Pass(loss, y_pred, non_trainable, metrics, statistics)
 
-    def _part_step(self, step, metrics, loss_scale, unscale, fraction):
+    def _part_step(self, step, metrics, loss_scale, unscale, fraction, update):
         """The method on one part of the batch (all of it unless it is split
         into chunks); returns that part's share of the descent gradient."""
         objective_scale = loss_scale if fraction is None else loss_scale * fraction
@@ -216,47 +217,21 @@ class Algorithm:
         step.new_non_trainable, step.new_metrics = clean.non_trainable, clean.metrics
         step.statistics.update(clean.statistics)
         step.y_pred = keras.tree.map_structure(ops.stop_gradient, clean.y_pred)
-        step.grads = grads = self._mean_gradient(
+        step.grads = grads = self.mean_gradient(
             scaled_grads, loss_scale if unscale else None, fraction
         )
         step.grad_norm = step.statistics["grad_norm"] = geometry_lib.global_norm(grads)
         if self.geometry is None:
             return scaled_grads
         if not self.reuse.skips:
-            descent, statistics = self._perturbed_gradient(step, grad_fn)
+            descent, statistics = self.perturbed_gradient(step, grad_fn)
             step.statistics.update(statistics)
             return descent
-        names = self.full_step_names
-        weight = 1.0 if fraction is None else fraction
+        return _reusing.part_descent(
+            self, step, grad_fn, scaled_grads, loss_scale, unscale, fraction, update
+        )
 
-        def full_step():
-            descent, statistics = self._perturbed_gradient(step, grad_fn)
-            perturbed = self._mean_gradient(descent, loss_scale if unscale else None, fraction)
-            direction = self.reuse.direction(grads, perturbed)
-            if self.perturbation_scope == "per_replica" and _backend.splits_batch_across_replicas():
-                # One direction for every replica: the mean of theirs.
-                direction = [d / _backend.replica_count() for d in _backend.replica_sum(direction)]
-            return descent, [statistics[n] for n in names], [weight * d for d in direction]
-
-        def reuse_step():
-            # In the units of the descent gradient: loss-scaled, this part's
-            # share of the batch, this replica's share of the replicas' sum.
-            units = weight * (loss_scale if unscale else 1.0)
-            if _backend.splits_batch_across_replicas():
-                units = units / _backend.replica_count()
-            previous = [step.value_of(v) for v in self.reuse.variables]
-            descent = [
-                g + geometry_lib.as_dtype(units * a, g.dtype)
-                for g, a in zip(scaled_grads, self.reuse.added(previous, step.grad_norm))
-            ]
-            zero = ops.zeros((), "float32")
-            return descent, [zero for _ in names], [ops.zeros_like(v) for v in previous]
-
-        descent, values, step.direction = _backend.branch(step.full, full_step, reuse_step)
-        step.statistics.update(zip(names, values))
-        return descent
-
-    def _perturbed_gradient(self, step, grad_fn):
+    def perturbed_gradient(self, step, grad_fn):
         """The loss-scaled gradient at the perturbed weights, and the
         perturbation's statistics (`radius`, ...)."""
         kept, step.statistics = step.statistics, {}
@@ -272,7 +247,7 @@ class Algorithm:
         statistics = {name: ops.cast(value, "float32") for name, value in statistics.items()}
         return grad_fn(perturbed, at_step_weights=False)[1], statistics
 
-    def _mean_gradient(self, scaled_grads, loss_scale, fraction):
+    def mean_gradient(self, scaled_grads, loss_scale, fraction):
         """`g`, the gradient of the mean loss over the batch the perturbation
         is for, in float32: loss scaling (`loss_scale`, None if the gradients
         are not scaled) and the part's weight undone, and summed over the
@@ -339,7 +314,7 @@ class Algorithm:
         the sharpness direction and the input-noise seed moved on."""
         updates = {}
         if self.reuse.variables and self.geometry is not None:
-            updates.update(self._direction_updates(step, steps, update))
+            updates.update(_reusing.direction_updates(self, step, steps, update))
         for component in self.components:
             for variable, value in component.update(step):
                 if step.applies_update is not True:
@@ -356,20 +331,6 @@ class Algorithm:
             ops.cast(updates[id(v)], v.dtype) if id(v) in updates else value
             for v, value in zip(self.model.non_trainable_variables, state)
         ]
-
-
-    def _direction_updates(self, step, steps, update):
-        """The new `g_v` by variable id: on a full update the mean over its
-        micro-steps of the parts' `g_v`, else as it was."""
-        new = [sum(parts) for parts in zip(*[s.direction for s in steps])]
-        updates = {}
-        for variable, value in zip(self.reuse.variables, new):
-            previous = step.value_of(variable)
-            if update.micro_steps > 1:
-                start = ops.where(ops.equal(update.micro_step, 0), 0.0, previous)
-                value = start + value / float(update.micro_steps)
-            updates[id(variable)] = ops.where(step.full, value, previous)
-        return updates
 
 
 def _split_batch(x, y, sample_weight, chunks):

@@ -27,8 +27,9 @@ class Step:
         full: whether this is a full step (True), not one that reuses the
             sharpness direction (`keras_tram.reuse.Reuse`); a boolean tensor
             when the method skips updates.
-        direction: this part's share of the new sharpness direction `g_v`
-            (None unless the method reuses it).
+        direction, direction_norm: this part's share of the sharpness
+            direction `g_v` after the step, and its norm (None unless the
+            method reuses the direction).
         new_non_trainable, new_metrics: the variables' values after the step.
         perturbation_sum: adds up values over the replicas that share a
             perturbation (all of them with `perturbation_scope="global"`,
@@ -48,6 +49,7 @@ class Step:
         self.applies_update = True
         self.full = True
         self.direction = None
+        self.direction_norm = None
         self.new_non_trainable = None
         self.new_metrics = None
         self.perturbation_sum = algorithm.perturbation_sum

@@ -72,7 +72,7 @@ class _Common:
         return self.compute_metrics(step.x, step.y, step.y_pred, step.sample_weight)
 
     def _without_step_statistics(self, logs):
-        names = (*self._algorithm.statistic_names, "skipped_steps")
+        names = (*self._algorithm.statistic_names, "skipped_steps", "full_steps")
         return {k: v for k, v in logs.items() if k not in names}
 
 

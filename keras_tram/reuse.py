@@ -20,8 +20,6 @@ same weights, as TRAM-θ_{t-1}'s first step takes, differ by about 1e-8 of
     >>> g, g_s = [np.array([1.0, 0.0])], [np.array([2.0, 1.0])]
     >>> [ops.convert_to_numpy(v).tolist() for v in reuse.direction(g, g_s)]  # g_s minus its part along g
     [[0.0, 1.0]]
-    >>> ops.convert_to_numpy(reuse.added([np.array([0.0, 4.0])], 2.0)[0]).tolist()  # α ‖g‖ g_v / ‖g_v‖
-    [0.0, 1.0]
 """
 
 import keras
@@ -59,6 +57,7 @@ class Reuse(Configurable):
         self.every = check_positive_int("perturbation_every", every)
         self.strength = check_non_negative("reuse_strength", strength)
         self.variables = []
+        self.norm = None
 
     @property
     def skips(self):
@@ -66,7 +65,8 @@ class Reuse(Configurable):
         return self.every > 1
 
     def build(self, wrapper):
-        """Creates `g_v`, one float32 variable per trainable weight, if needed."""
+        """Creates `g_v` (one float32 variable per trainable weight) and its
+        norm (a float32 scalar), if needed."""
         if self.skips and not self.variables:
             self.variables = [
                 wrapper.add_weight(
@@ -75,6 +75,10 @@ class Reuse(Configurable):
                 )
                 for i, variable in enumerate(wrapper.trainable_variables)
             ]
+            self.norm = wrapper.add_weight(
+                shape=(), dtype="float32", initializer="zeros", trainable=False,
+                name="reuse_direction_norm",
+            )
 
     def is_full(self, update_index):
         """Whether the update of index `update_index` is a full step: True,
@@ -95,14 +99,6 @@ class Reuse(Configurable):
             TOLERANCE * geometry_lib.global_norm(perturbed_grads),
         )
         return [ops.where(resolved, d, 0.0) for d in direction]
-
-    def added(self, direction, grad_norm):
-        """`α (‖g‖ / ‖g_v‖) g_v`, what a step in between adds to `g`
-        (0 while `g_v` is 0)."""
-        scale = self.strength * grad_norm * geometry_lib.safe_reciprocal(
-            geometry_lib.global_norm(direction)
-        )
-        return [scale * v for v in direction]
 
     def get_config(self):
         return {"every": self.every, "strength": self.strength}

@@ -95,9 +95,14 @@ ALL_METHODS = {
     "trpo": lambda m: keras_tram.TRPO(m, weight=0.5),
     "r3f": lambda m: keras_tram.R3F(m, divergence="symmetric_kl"),
     "mesa": lambda m: keras_tram.MESA(m, decay=0.9, weight=0.5),
-    # LookSAM's reuse: batches alternate between full and reuse steps.
+    # LookSAM's reuse: batches alternate between full and reuse steps. (With
+    # TRAM's default radius here, ‖g_v‖ is about 1e-3 of ‖g‖: float16's
+    # rounding, which the reuse scales up to α‖g‖; a larger radius keeps the
+    # direction above it, so that mixed precision follows float32.)
     "sam_every_2": lambda m: keras_tram.SAM(m, perturbation_every=2),
-    "tram_previous_step_every_2": lambda m: keras_tram.TRAM(m, perturbation_every=2),
+    "tram_previous_step_every_2": lambda m: keras_tram.TRAM(
+        m, perturbation_every=2, radius_scale=20.0
+    ),
 }
 
 

@@ -40,6 +40,9 @@ METHODS = [
     ("tram", "fisher"), ("trpo", None), ("r3f", None), ("mesa", None),
 ]
 PERTURBING = [(m, v) for m, v in METHODS if m not in ("trpo", "r3f", "mesa")]
+# LookSAM's reuse: full steps on updates 0 and 2 of 4, the direction kept between.
+REUSING = [("sam", None), ("tram", "previous_step")]
+REUSE = {"perturbation_every": 2}
 BATCH_SIZE = 8  # global: 4 examples per device
 
 
@@ -139,6 +142,14 @@ def main():
         results[f"{name}/chunks"] = train(
             method, variant, distributed=False, perturbation_chunks=2
         )
+    for method, variant in REUSING:
+        name = (method if variant is None else f"{method}-{variant}") + "-every2"
+        results[f"{name}/one"] = train(method, variant, False, **REUSE)
+        results[f"{name}/two"] = train(method, variant, True, **REUSE)
+        results[f"{name}/per_replica"] = train(
+            method, variant, True, perturbation_scope="per_replica", **REUSE
+        )
+        results[f"{name}/chunks"] = train(method, variant, False, perturbation_chunks=2, **REUSE)
     x, y, sample_weight = make_data(16)
     x[9, 0] = np.nan  # one example of each epoch's second batch
     results["nan/one"] = train("tram", "previous_step", False, (x, y, sample_weight))

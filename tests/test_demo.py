@@ -36,7 +36,8 @@ def _demo_run(folder, *arguments):
 
 @pytest.fixture(scope="module")
 def smallest_run(tmp_path_factory):
-    return _demo_run(tmp_path_factory.mktemp("demo"), "--methods", "adam,tram-previous_step")
+    return _demo_run(tmp_path_factory.mktemp("demo"), "--methods",
+                     "adam,tram-previous_step,tram-previous_step-k5")
 
 
 def test_demo_writes_every_run(smallest_run):
@@ -44,8 +45,8 @@ def test_demo_writes_every_run(smallest_run):
     with open(folder / "out" / "digits.json") as file:
         record = json.load(file)
     assert record["backend"] == BACKEND and record["task"] == "digits"
-    assert record["methods"] == ["adam", "tram-previous_step"] and record["seeds"] == [0, 1]
-    assert len(record["runs"]) == 4
+    assert record["methods"] == ["adam", "tram-previous_step", "tram-previous_step-k5"]
+    assert record["seeds"] == [0, 1] and len(record["runs"]) == 6
     for run in record["runs"]:
         assert sorted(run["scores"]) == sorted(digits.DOMAINS)
         assert all(0 <= a <= 1 for a in run["scores"].values())
@@ -55,11 +56,16 @@ def test_demo_writes_every_run(smallest_run):
         else:  # TRAM's radius is its divergence, one mean per epoch
             assert run["per_epoch"]["radius"] == run["per_epoch"]["divergence"]
             assert len(run["per_epoch"]["radius"]) == digits.FINE_TUNE["epochs"]
-            # ... and the steps' values average to the epochs' means.
-            epochs = np.split(np.array(run["per_step"]["radius"]), digits.FINE_TUNE["epochs"])
-            np.testing.assert_allclose([e.mean() for e in epochs], run["per_epoch"]["radius"],
-                                       rtol=1e-3)
-            assert all(p >= 0 for p in run["per_step"]["relative_perturbation"])
+            # ... and the steps' values average to the epochs' means (with
+            # perturbation_every=5, over the full steps: the others are NaN).
+            steps = np.array(run["per_step"]["radius"])
+            epochs = np.split(steps, digits.FINE_TUNE["epochs"])
+            np.testing.assert_allclose([np.nanmean(e) for e in epochs],
+                                       run["per_epoch"]["radius"], rtol=1e-3)
+            full = np.isfinite(steps)
+            every = 5 if run["method"].endswith("-k5") else 1
+            np.testing.assert_array_equal(full, np.arange(len(steps)) % every == 0)
+            assert all(p >= 0 for p in np.array(run["per_step"]["relative_perturbation"])[full])
         assert sorted(run["sharpness"]) == sorted(run["cka_to_pretrained"]) == sorted(digits.DOMAINS)
         assert all(s >= 0 for s in run["sharpness"].values())
         assert all(0 < c <= 1 for c in run["cka_to_pretrained"].values())
@@ -101,13 +107,14 @@ def _check_files(folder, stem, record, completed):
     with open(folder / f"{stem}.csv") as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == len(record["runs"]) * len(record["domains"])
-    for image in (f"{stem}.png", f"{stem}-traces.png"):
+    for image in (f"{stem}.png", f"{stem}-traces.png", f"{stem}-cost.png"):
         with open(folder / image, "rb") as file:
             assert file.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(folder / f"{stem}.md") as file:
         markdown = file.read()
     for method in record["methods"]:
         assert method in completed.stdout and f"`{method}`" in markdown  # the tables
+    assert "× Adam time" in markdown
     assert "95% interval" in completed.stdout
 
 

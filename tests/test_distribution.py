@@ -26,6 +26,9 @@ if BACKEND in ("tensorflow", "jax"):
     PERTURBING_NAMES = [
         m if v is None else f"{m}-{v}" for m, v in distributed_run.PERTURBING
     ]
+    REUSING_NAMES = [
+        (m if v is None else f"{m}-{v}") + "-every2" for m, v in distributed_run.REUSING
+    ]
 
     @pytest.fixture(scope="module")
     def runs():
@@ -85,3 +88,24 @@ if BACKEND in ("tensorflow", "jax"):
         assert two["logs"]["skipped_steps"] == [1.0, 1.0]
         assert all(np.isfinite(np.array(w)).all() for w in two["weights"])
         _assert_same_weights(one, two)
+
+    @pytest.mark.parametrize("name", REUSING_NAMES)
+    def test_reuse_on_two_devices_gives_the_weights_of_one(runs, name):
+        """The direction `g_v` comes from the global `g` and `g_s`."""
+        one, two = runs[f"{name}/one"], runs[f"{name}/two"]
+        _assert_same_weights(one, two)
+        np.testing.assert_allclose(two["logs"]["radius"], one["logs"]["radius"],
+                                   rtol=1e-4, atol=1e-7)
+        # ... and the reuse is another method than the full step every update.
+        every_update = runs[name.replace("-every2", "") + "/one"]
+        gap = max(
+            np.abs(np.array(a) - np.array(b)).max()
+            for a, b in zip(one["weights"], every_update["weights"])
+        )
+        assert gap > 1e-4
+
+    @pytest.mark.parametrize("name", REUSING_NAMES)
+    def test_per_replica_reuse_is_a_chunk_per_replica(runs, name):
+        """Per replica, `g_v` is the mean of the replicas' own, as it is the
+        mean of the chunks' on one device."""
+        _assert_same_weights(runs[f"{name}/per_replica"], runs[f"{name}/chunks"])

@@ -72,6 +72,7 @@ def test_reuse_matches_closed_form(method, mode):
     )
     assert_weights(wrapped.model, expected)
     assert len(radii) == 3
+    assert history["full_steps"] == [2.0, 1.0]
     if method == "tram_previous_step":
         # Epoch 1 has the full steps 0 and 3, epoch 2 the full step 6.
         want = [np.mean(radii[:2]), radii[2]]
@@ -105,9 +106,11 @@ def test_the_direction_is_one_float32_copy_of_the_trainable_weights():
     plain = keras_tram.SAM(make_mlp()[0])
     wrapped = keras_tram.SAM(model, perturbation_every=5)
     extra = len(wrapped.non_trainable_variables) - len(plain.non_trainable_variables)
-    assert extra == len(model.trainable_variables) == len(wrapped.reuse.variables)
+    # g_v, one variable per trainable weight, and its norm.
+    assert extra == len(model.trainable_variables) + 1 == len(wrapped.reuse.variables) + 1
     for copy, weight in zip(wrapped.reuse.variables, model.trainable_variables):
         assert tuple(copy.shape) == tuple(weight.shape) and copy.dtype == "float32"
+    assert tuple(wrapped.reuse.norm.shape) == ()
 
 
 @pytest.mark.parametrize("method", ["sam", "tram_previous_step"])
@@ -171,3 +174,19 @@ def test_bad_reuse_arguments_raise_clear_errors(method, index):
 def test_a_method_without_a_perturbation_takes_no_reuse():
     with pytest.raises(ValueError, match="`perturbation_every`"):
         keras_tram.MESA(make_mlp()[0], perturbation_every=3)
+
+
+def test_the_step_trace_has_the_radius_of_full_steps_only():
+    model, initial = make_mlp()
+    x, y, _ = make_data()
+    wrapped = METHODS["tram_previous_step"][0](model, perturbation_every=EVERY)
+    wrapped.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=cross_entropy())
+    trace = keras_tram.analysis.StepStatistics()
+    wrapped.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[trace])
+    _, radii = reference.train_reuse(initial, _batches(x, y, 4), EVERY, STRENGTH,
+                                     LEARNING_RATE, scale=TRAM_SCALE)
+    steps = np.array(trace.steps["radius"])
+    full = np.arange(8) % EVERY == 0
+    np.testing.assert_allclose(steps[full], radii, rtol=1e-4, atol=1e-7)
+    assert np.isnan(steps[~full]).all()
+    assert np.isfinite(trace.steps["grad_norm"]).all()

@@ -18,7 +18,10 @@ class StepStatistics(keras.callbacks.Callback):
     `fit` logs these as running means over the epoch; the per-step value is
     recovered from consecutive means (in float64; relative error about
     `steps_so_far · 1e-7` of float32's rounding). With
-    `steps_per_execution = k`, one value covers the mean of `k` steps.
+    `steps_per_execution = k`, one value covers the mean of `k` steps. A
+    method with `perturbation_every` > 1 logs its perturbation's statistics
+    (`radius`, `divergence`, `relative_perturbation`) over its full steps
+    only: they are NaN on the steps in between.
 
     Args:
         names: which statistics to record (those the method does not log
@@ -45,20 +48,29 @@ class StepStatistics(keras.callbacks.Callback):
         self.writer = writer
         self.steps = {}
         self._global_step = 0
+        self._full_step_names = ()
+
+    def on_train_begin(self, logs=None):
+        # Read once: on JAX, `self.model` syncs every variable when read.
+        tracker = getattr(self.model, "statistics_tracker", None)
+        self._full_step_names = getattr(tracker, "full_step_names", ())
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._previous = (0, {})
+        self._previous = ({}, {})
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        kept = batch + 1 - float(logs.get("skipped_steps", 0.0))
+        kept = {None: batch + 1 - float(logs.get("skipped_steps", 0.0))}
+        if "full_steps" in logs:
+            kept["full_steps"] = float(logs["full_steps"])
         previous_kept, previous_totals = self._previous
         totals = {}
         for name in self.names:
             if name not in logs:
                 continue
-            totals[name] = kept * float(logs[name])
-            added = kept - previous_kept
+            count = "full_steps" if name in self._full_step_names and "full_steps" in kept else None
+            totals[name] = kept[count] * float(logs[name])
+            added = kept[count] - previous_kept.get(count, 0.0)
             value = (
                 (totals[name] - previous_totals.get(name, 0.0)) / added if added > 0 else math.nan
             )

@@ -25,6 +25,15 @@ METHODS = {
     "tram-pretrained-released": ("tram-pretrained", {"formulation": "released"}),
     "tram-input_noise-released": ("tram-input_noise", {"formulation": "released"}),
 }
+# LookSAM's reuse: the full step every `REUSE_EVERY` updates, for every
+# perturbing method of the paper's comparison (`<name>-k5`).
+REUSE_EVERY = 5
+REUSED = ("sam", "asam", "tram-previous_step", "tram-pretrained", "tram-input_noise",
+          "tram-fisher")
+METHODS.update({
+    f"{name}-k{REUSE_EVERY}": (METHODS[name][0], {"perturbation_every": REUSE_EVERY})
+    for name in REUSED
+})
 QUICK_METHODS = ("adam", "sam", "asam", "tram-previous_step", "tram-input_noise")
 # Every method is compared with these, seed by seed.
 BASELINES = ("adam", "sam", "asam")

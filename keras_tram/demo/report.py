@@ -55,15 +55,20 @@ def text(record):
         "",
     ]
     header = ["method", *domains, OUT_OF_DOMAIN, *STEP_COLUMNS.values(), "s / run"]
+    times = relative_time(record) if "adam" in record["summary"] else None
+    if times:
+        header.append("× Adam time")
     pretrained = dict(record["pretrained"])
     pretrained[OUT_OF_DOMAIN] = float(np.mean([pretrained[d] for d in domains[1:]]))
     rows = [["pre-trained, before fine-tuning",
              *(f"{pretrained[c]:.{places}f}" for c in [*domains, OUT_OF_DOMAIN]),
-             *(["—"] * (len(STEP_COLUMNS) + 1))]]
+             *(["—"] * (len(STEP_COLUMNS) + 1 + bool(times)))]]
     for method, row in record["summary"].items():
         cells = [_cell(row[c], places) for c in [*domains, OUT_OF_DOMAIN]]
         cells += [f"{row[s]['mean']:.3g}" if s in row else "—" for s in STEP_COLUMNS]
         cells.append(f"{row['train_seconds']['mean']:.1f}")
+        if times:
+            cells.append(f"{times[method]:.2f}")
         rows.append([f"`{method}`", *cells])
     lines += _table(header, rows)
     if record["comparisons"]:
@@ -119,6 +124,9 @@ def write(record, output):
         plot_sweep(record, name + ".png")
         return files
     plot(record, name + ".png")
+    if "adam" in record["summary"]:
+        plot_cost(record, name + "-cost.png")
+        files.append(name + "-cost.png")
     first = record["seeds"][0]
     traces = {r["method"]: r["per_step"] for r in record["runs"]
               if r["seed"] == first and r["per_step"]}
@@ -162,6 +170,43 @@ def plot(record, path):
     _axes_labels(record, axes)
     axes.set_title(f"{record['task']}: fine-tuning, {len(record['seeds'])} seeds "
                    f"({record['backend']})")
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+
+
+def relative_time(record):
+    """Each method's mean training time over plain Adam's, in the same run."""
+    adam = record["summary"]["adam"]["train_seconds"]["mean"]
+    return {m: row["train_seconds"]["mean"] / adam for m, row in record["summary"].items()}
+
+
+def plot_cost(record, path):
+    """Cost against benefit: training time relative to Adam (same run, same
+    steps) against the out-of-domain score, one point per method; a method
+    and its reusing form (`<name>-k5`) joined by a line."""
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(figsize=(7, 5), dpi=120)
+    times = relative_time(record)
+    summary = record["summary"]
+    for method, row in summary.items():
+        y = row[OUT_OF_DOMAIN]
+        axes.errorbar(times[method], y["mean"], yerr=y["std"], fmt="o", capsize=3,
+                      color="k" if method == "adam" else None)
+        axes.annotate(method, (times[method], y["mean"]), textcoords="offset points",
+                      xytext=(5, 4), fontsize=7)
+        base, _, every = method.rpartition("-k")
+        if every.isdigit() and base in summary:
+            axes.plot([times[base], times[method]],
+                      [summary[base][OUT_OF_DOMAIN]["mean"], y["mean"]], ":", color="gray")
+    axes.set_xlabel("training time relative to Adam (same run, same steps)")
+    note = " (lower is better)" if not record["higher_is_better"] else ""
+    axes.set_ylabel(f"{record['metric']}, out of domain{note}")
+    if not record["higher_is_better"]:
+        axes.invert_yaxis()  # better is up
+    axes.grid(alpha=0.3)
+    axes.set_title(f"{record['task']}: cost against benefit, mean ± std over "
+                   f"{len(record['seeds'])} seeds ({record['backend']})")
     figure.tight_layout()
     figure.savefig(path)
     pyplot.close(figure)

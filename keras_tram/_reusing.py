@@ -34,12 +34,15 @@ def part_descent(algorithm, step, grad_fn, scaled_grads, loss_scale, unscale, fr
             # One direction for every replica: the mean of theirs.
             count = _backend.replica_count()
             direction = [d / count for d in _backend.replica_sum(direction)]
+        bound = geometry_lib.global_norm(descent)
         if not whole:
-            return descent, _values(statistics, names), [weight * d for d in direction], (
-                previous_norm
-            )
+            return descent, bound, _values(statistics, names), [
+                weight * d for d in direction
+            ], previous_norm
         direction = accumulated(direction, previous, update)
-        return descent, _values(statistics, names), direction, geometry_lib.global_norm(direction)
+        return descent, bound, _values(statistics, names), direction, (
+            geometry_lib.global_norm(direction)
+        )
 
     def reuse_step():
         # α (‖g‖ / ‖g_v‖) g_v in the units of the descent gradient: loss-scaled,
@@ -52,12 +55,16 @@ def part_descent(algorithm, step, grad_fn, scaled_grads, loss_scale, unscale, fr
         if _backend.splits_batch_across_replicas():
             scale = scale / _backend.replica_count()
         descent = _backend.add_scaled(scaled_grads, previous, scale)
+        # Finite exactly when `g + scale · g_v` is (both terms are >= 0, and
+        # g_v is finite, a state only finite steps change), without another
+        # pass over the weights.
+        bound = step.grad_norm + scale
         zero = ops.zeros((), "float32")
         direction = previous if whole else [ops.zeros_like(v) for v in previous]
-        return descent, [zero for _ in names], direction, previous_norm
+        return descent, bound, [zero for _ in names], direction, previous_norm
 
-    descent, values, step.direction, step.direction_norm = _backend.branch(
-        step.full, full_step, reuse_step
+    descent, step.descent_norm, values, step.direction, step.direction_norm = (
+        _backend.branch(step.full, full_step, reuse_step)
     )
     step.statistics.update(zip(names, values))
     return descent

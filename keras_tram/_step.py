@@ -176,7 +176,10 @@ class Algorithm:
 
         # One norm per gradient is a cheaper finiteness check than one per
         # element; a norm that overflows float32 also counts as non-finite.
-        checks = [geometry_lib.global_norm(descent_grads)] + [
+        norms = [s.descent_norm for s in steps]
+        if any(norm is None for norm in norms):
+            norms = [geometry_lib.global_norm(descent_grads)]
+        checks = norms + [
             ops.cast(v, "float32") for v in step.statistics.values()
         ]
         finite = ops.all(ops.isfinite(ops.stack(checks)))

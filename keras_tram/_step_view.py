@@ -30,6 +30,9 @@ class Step:
         direction, direction_norm: this part's share of the sharpness
             direction `g_v` after the step, and its norm (None unless the
             method reuses the direction).
+        descent_norm: a scalar that is finite exactly when this part's
+            descent gradient is, if the part knows one (else None: the step
+            takes the gradient's norm).
         new_non_trainable, new_metrics: the variables' values after the step.
         perturbation_sum: adds up values over the replicas that share a
             perturbation (all of them with `perturbation_scope="global"`,
@@ -50,6 +53,7 @@ class Step:
         self.full = True
         self.direction = None
         self.direction_norm = None
+        self.descent_norm = None
         self.new_non_trainable = None
         self.new_metrics = None
         self.perturbation_sum = algorithm.perturbation_sum

@@ -7,6 +7,7 @@ from keras_tram import penalty
 from keras_tram import radius
 from keras_tram import recipes
 from keras_tram import reduction
+from keras_tram import reuse
 from keras_tram import tiny
 from keras_tram import trust_region
 from keras_tram.methods import ASAM
@@ -27,5 +28,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ASAM", "FSAM", "MESA", "METHODS", "R3F", "SAM", "TRAM", "TRAM_VARIANTS", "TRPO",
     "SharpnessAware", "Step", "analysis", "datasets", "geometry", "penalty", "radius", "recipes", "reduction",
-    "tiny", "trust_region", "wrap",
+    "reuse", "tiny", "trust_region", "wrap",
 ]

@@ -8,6 +8,8 @@ the model between passes.
 """
 
 import contextlib
+from typing import Any
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -57,6 +59,19 @@ def find_layer(model, noise_layer, inputs_are_float):
         "the model takes no float input and has no `token_embedding` or "
         "`keras.layers.Embedding`. Name the layer with `noise_layer=`."
     )
+
+
+class Scaled(NamedTuple):
+    """Input noise as a `trust_region.NoisedInputs` gives it, its standard
+    deviation a scalar tensor (0 turns it off without a second trace)."""
+
+    stddev: Any
+    noise_layer: Any
+
+
+def scaled(noise, factor):
+    """`noise` (a `NoisedInputs`) with its standard deviation times `factor`."""
+    return Scaled(noise.stddev * factor, noise.noise_layer)
 
 
 class InputNoise:

@@ -215,7 +215,12 @@ class Algorithm:
                 lambda w: self._pass(w, step, metrics, objective_scale, noise, at_step_weights)
             )(w)
 
-        (_, clean), scaled_grads = grad_fn(step.weights, self.ascent_noise)
+        ascent_noise = self.ascent_noise
+        if ascent_noise is not None and self.reuse.skips:
+            # A step in between descends along the clean gradient: its first
+            # pass is on clean inputs (noise of standard deviation 0).
+            ascent_noise = _noise.scaled(ascent_noise, ops.cast(step.full, "float32"))
+        (_, clean), scaled_grads = grad_fn(step.weights, ascent_noise)
         step.loss = clean.loss
         step.new_non_trainable, step.new_metrics = clean.non_trainable, clean.metrics
         step.statistics.update(clean.statistics)

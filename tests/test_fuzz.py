@@ -40,6 +40,14 @@ SHARED = {
                             st.one_of(st.integers(max_value=0), st.just(2.0), st.just(True))),
 }
 
+# Every perturbing method takes these too (LookSAM's reuse).
+REUSE = {
+    "perturbation_every": (st.integers(1, 4),
+                           st.one_of(st.integers(max_value=0), st.just(2.0), st.just(True))),
+    "reuse_strength": NUMBER,
+}
+PLAIN_STEP = ("TRPO", "R3F", "MESA")
+
 # Each method, its fixed arguments and what may be drawn for the others.
 METHODS = {
     "SAM": (keras_tram.SAM, {}, {"rho": NUMBER}),
@@ -70,7 +78,8 @@ def configurations(draw):
     method = draw(st.sampled_from(sorted(METHODS)))
     constructor, fixed, drawable = METHODS[method]
     arguments, invalid = dict(fixed), []
-    for name, (good, bad) in {**drawable, **SHARED}.items():
+    shared = SHARED if method in PLAIN_STEP else {**SHARED, **REUSE}
+    for name, (good, bad) in {**drawable, **shared}.items():
         choice = draw(st.sampled_from(["default", "valid", "valid", "invalid"]))
         if choice == "valid":
             arguments[name] = draw(good)

@@ -190,3 +190,19 @@ def test_the_step_trace_has_the_radius_of_full_steps_only():
     np.testing.assert_allclose(steps[full], radii, rtol=1e-4, atol=1e-7)
     assert np.isnan(steps[~full]).all()
     assert np.isfinite(trace.steps["grad_norm"]).all()
+
+
+def test_tram_fisher_steps_in_between_take_the_clean_gradient():
+    """TRAM-Fisher's full step takes its first gradient on noised inputs; a
+    step in between descends along the gradient on the clean inputs (with
+    α = 0, a plain SGD step)."""
+    model, _ = make_mlp()
+    x, y, _ = make_data()
+    wrapped = keras_tram.TRAM(model, variant="fisher", noise_stddev=0.5,
+                              perturbation_every=2, reuse_strength=0.0)
+    wrapped.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=cross_entropy())
+    wrapped.train_on_batch(x, y)  # update 0: the full step
+    after_full = [np.array(w, np.float64) for w in model.get_weights()]
+    wrapped.train_on_batch(x, y)  # update 1: in between
+    _, grads = reference.mlp_loss_and_grads(after_full, x, y)
+    assert_weights(model, [w - LEARNING_RATE * g for w, g in zip(after_full, grads)])

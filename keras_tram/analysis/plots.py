@@ -1,5 +1,7 @@
 """Plots of step statistics and of accuracy against sharpness (matplotlib)."""
 
+import numpy as np
+
 
 def _pyplot():
     try:
@@ -32,7 +34,11 @@ def plot_traces(traces, path, names=("radius", "divergence")):
     for axis, name in zip(axes[0], names):
         for label, steps in traces.items():
             if name in steps:
-                (lines[label],) = axis.plot(steps[name], linewidth=1, **styles[label])
+                # Steps without a value (NaN: skipped, or between the full steps
+                # of `perturbation_every` > 1) are left out, not drawn as gaps.
+                values = np.asarray(steps[name], dtype="float64")
+                kept = np.flatnonzero(np.isfinite(values))
+                (lines[label],) = axis.plot(kept, values[kept], linewidth=1, **styles[label])
         axis.set_title(name)
         axis.set_xlabel("step")
         axis.set_yscale("symlog", linthresh=1e-4)

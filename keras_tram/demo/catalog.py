@@ -50,6 +50,16 @@ SWEEP = {
 }
 
 
+# The comparison of a reusing method (`<name>-k5`) with `<name>` itself.
+FULL_STEP_FORM = "k=1 form"
+
+
+def full_step_form(method):
+    """`<name>` for a reusing method `<name>-k<every>`, else None."""
+    base, _, every = method.rpartition("-k")
+    return base if base and every.isdigit() else None
+
+
 def canonical(name):
     """A method's name as in `METHODS` (`"tram"` is TRAM-θ_{t-1})."""
     name = name.strip().lower()

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from keras_tram import analysis
+from keras_tram.demo import catalog
 
 OUT_OF_DOMAIN = "out-of-domain avg"
 STEP_COLUMNS = {"radius": "radius", "relative_perturbation": "‖ε‖/‖θ‖"}
@@ -82,8 +83,10 @@ def text(record):
             f"{sign} is better), mean [95% interval]; * where the interval excludes 0:",
             "",
         ]
-        header = ["method"] + [f"{label} vs `{b}`" for b in baselines
-                               for label in ("in domain", "out of domain")]
+        header = ["method"] + [
+            f"{label} vs its k=1 form" if b == catalog.FULL_STEP_FORM else f"{label} vs `{b}`"
+            for b in baselines for label in ("in domain", "out of domain")
+        ]
         rows = []
         for method, against in record["comparisons"].items():
             cells = []
@@ -182,31 +185,46 @@ def relative_time(record):
 
 
 def plot_cost(record, path):
-    """Cost against benefit: training time relative to Adam (same run, same
-    steps) against the out-of-domain score, one point per method; a method
-    and its reusing form (`<name>-k5`) joined by a line."""
+    """Cost against benefit, one point per method: training time relative to
+    Adam (same run, same steps) against the out-of-domain score's paired
+    difference to Adam with its 95% interval (the mean ± std over seeds
+    without intervals); a method and its reusing form (`<name>-k5`) joined."""
     pyplot = _pyplot()
     figure, axes = pyplot.subplots(figsize=(7, 5), dpi=120)
     times = relative_time(record)
-    summary = record["summary"]
-    for method, row in summary.items():
-        y = row[OUT_OF_DOMAIN]
-        axes.errorbar(times[method], y["mean"], yerr=y["std"], fmt="o", capsize=3,
+    points = {}
+    for method, row in record["summary"].items():
+        paired = record["comparisons"].get(method, {}).get("adam")
+        if method == "adam" and record["comparisons"]:
+            points[method] = (0.0, 0.0, 0.0)
+        elif paired is not None:
+            value = paired[OUT_OF_DOMAIN]
+            points[method] = (value["mean"], value["mean"] - value["low"],
+                              value["high"] - value["mean"])
+        else:
+            value = row[OUT_OF_DOMAIN]
+            points[method] = (value["mean"], value["std"], value["std"])
+    for method, (y, below, above) in points.items():
+        axes.errorbar(times[method], y, yerr=[[below], [above]], fmt="o", capsize=3,
                       color="k" if method == "adam" else None)
-        axes.annotate(method, (times[method], y["mean"]), textcoords="offset points",
+        axes.annotate(method, (times[method], y), textcoords="offset points",
                       xytext=(5, 4), fontsize=7)
-        base, _, every = method.rpartition("-k")
-        if every.isdigit() and base in summary:
-            axes.plot([times[base], times[method]],
-                      [summary[base][OUT_OF_DOMAIN]["mean"], y["mean"]], ":", color="gray")
+        base = catalog.full_step_form(method)
+        if base in points:
+            axes.plot([times[base], times[method]], [points[base][0], y], ":", color="gray")
     axes.set_xlabel("training time relative to Adam (same run, same steps)")
     note = " (lower is better)" if not record["higher_is_better"] else ""
-    axes.set_ylabel(f"{record['metric']}, out of domain{note}")
+    if record["comparisons"]:
+        axes.set_ylabel(f"out-of-domain {record['metric']} − Adam's{note}")
+        axes.axhline(0.0, color="k", linewidth=0.5)
+    else:
+        axes.set_ylabel(f"{record['metric']}, out of domain, mean ± std{note}")
     if not record["higher_is_better"]:
         axes.invert_yaxis()  # better is up
     axes.grid(alpha=0.3)
-    axes.set_title(f"{record['task']}: cost against benefit, mean ± std over "
-                   f"{len(record['seeds'])} seeds ({record['backend']})")
+    spread = "paired 95% intervals" if record["comparisons"] else "mean ± std"
+    axes.set_title(f"{record['task']}: cost against benefit, {len(record['seeds'])} seeds, "
+                   f"{spread} ({record['backend']})", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
     pyplot.close(figure)

@@ -136,19 +136,28 @@ def summarize(record):
 
 def compare(record):
     """`{method: {baseline: {column: paired difference}}}`: every method
-    against each of `catalog.BASELINES` in the run (plain Adam, SAM, ASAM)."""
+    against each of `catalog.BASELINES` in the run (plain Adam, SAM, ASAM),
+    and a reusing method (`<name>-k5`) against `<name>` (as
+    `catalog.FULL_STEP_FORM`)."""
     by = {(r["method"], r["seed"]): scores(r, record) for r in record["runs"]}
+
+    def paired(method, baseline):
+        return {
+            column: statistics.paired(
+                [by[(method, s)][column] for s in record["seeds"]],
+                [by[(baseline, s)][column] for s in record["seeds"]],
+            )
+            for column in columns(record)
+        }
+
     comparisons = {}
     for method in record["methods"]:
         comparisons[method] = {}
         for baseline in catalog.BASELINES:
             if baseline not in record["methods"] or baseline == method:
                 continue
-            comparisons[method][baseline] = {
-                column: statistics.paired(
-                    [by[(method, s)][column] for s in record["seeds"]],
-                    [by[(baseline, s)][column] for s in record["seeds"]],
-                )
-                for column in columns(record)
-            }
+            comparisons[method][baseline] = paired(method, baseline)
+        base = catalog.full_step_form(method)
+        if base in record["methods"]:
+            comparisons[method][catalog.FULL_STEP_FORM] = paired(method, base)
     return comparisons

@@ -82,6 +82,29 @@ def fused_global_norm(tensors):
     return torch.nn.utils.get_total_norm(tensors)
 
 
+def slow_convolutions_in_branches(model):
+    """Whether `model` (compiled) runs its convolutions far slower inside a
+    `cond`: XLA on a CPU emits a convolution inside a conditional as plain
+    loops, not its fast kernel (a 3×3 convolution's gradient on a 64×32×32×3
+    batch: 25 ms, and 260 ms inside `lax.cond`, with JAX 0.10), while
+    matrix products keep their speed there. JAX runs a `cond` through XLA
+    even uncompiled. Not so on a GPU or TPU, nor in TensorFlow's graph mode
+    without XLA, nor on torch."""
+    backend = keras.backend.backend()
+    if backend == "torch" or (backend == "tensorflow" and not model.jit_compile):
+        return False
+    if any(not d.lower().startswith("cpu") for d in keras.distribution.list_devices()):
+        return False
+    convolutions = tuple(
+        getattr(keras.layers, name) for name in (
+            "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+            "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
+            "SeparableConv2D",
+        ) if hasattr(keras.layers, name)
+    )
+    return any(isinstance(layer, convolutions) for layer in _compat.layers_of(model))
+
+
 def add_scaled(tensors, others, scale):
     """`[t + scale · o]` for two lists of tensors and a float32 scalar tensor,
     each sum in the dtype of `t`; on torch two fused calls for the whole
@@ -212,17 +235,17 @@ def merge_call_needed():
     return not tf.__internal__.distribute.strategy_supports_no_merge_call()
 
 
-def branch(condition, true_fn, false_fn):
+def branch(condition, true_fn, false_fn, select=False):
     """`true_fn()` where `condition` holds, else `false_fn()`: a Python bool
     picks when tracing, a boolean tensor runs one of the two (`ops.cond`).
 
-    Under a `tf.distribute` strategy whose collectives go through
-    `merge_call`, which may not sit inside a replica's `cond`, both run and
-    their results are selected: the same values, without the saving.
+    With `select`, and under a `tf.distribute` strategy whose collectives go
+    through `merge_call` (which may not sit inside a replica's `cond`), both
+    run and their results are selected: the same values, without the saving.
     """
     if isinstance(condition, bool):
         return true_fn() if condition else false_fn()
-    if merge_call_needed():
+    if select or merge_call_needed():
         return keras.tree.map_structure(
             lambda a, b: keras.ops.where(condition, a, b), true_fn(), false_fn()
         )

@@ -63,8 +63,11 @@ def part_descent(algorithm, step, grad_fn, scaled_grads, loss_scale, unscale, fr
         direction = previous if whole else [ops.zeros_like(v) for v in previous]
         return descent, bound, [zero for _ in names], direction, previous_norm
 
+    # Where a `cond` would make the full step far slower than the saving
+    # (convolutions under XLA on a CPU), both kinds run and one is selected.
+    select = _backend.slow_convolutions_in_branches(algorithm.model)
     descent, step.descent_norm, values, step.direction, step.direction_norm = (
-        _backend.branch(step.full, full_step, reuse_step)
+        _backend.branch(step.full, full_step, reuse_step, select=select)
     )
     step.statistics.update(zip(names, values))
     return descent

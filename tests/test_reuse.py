@@ -206,3 +206,29 @@ def test_tram_fisher_steps_in_between_take_the_clean_gradient():
     wrapped.train_on_batch(x, y)  # update 1: in between
     _, grads = reference.mlp_loss_and_grads(after_full, x, y)
     assert_weights(model, [w - LEARNING_RATE * g for w, g in zip(after_full, grads)])
+
+
+def test_a_convolutional_model_reuses_the_same_way_in_every_execution_mode():
+    """Under XLA on a CPU, where a convolution inside a `cond` runs as plain
+    loops, both kinds of step run and one is selected: the same weights."""
+    from keras_tram import _backend
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    results = {}
+    for mode, options in EXECUTION_MODES.items():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6, 2)), keras.layers.Conv1D(4, 3),
+                                  keras.layers.Flatten(), keras.layers.Dense(3)])
+        wrapped = keras_tram.SAM(model, rho=0.3, perturbation_every=2)
+        wrapped.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=cross_entropy(),
+                        **options)
+        wrapped.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        results[mode] = model.get_weights()
+        selects = _backend.slow_convolutions_in_branches(wrapped)
+        assert selects == (mode == "xla" or keras.backend.backend() == "jax")
+    first, *others = results.values()
+    for other in others:
+        for a, b in zip(first, other):
+            np.testing.assert_allclose(a, b, atol=1e-5)

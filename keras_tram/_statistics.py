@@ -12,8 +12,9 @@ class StatisticMeans(keras.metrics.Metric):
     `result()` is a dict: each name's mean (0 before any kept step) and
     `skipped_steps`. The names in `full_step_names` (the perturbation's
     statistics of a method that reuses its sharpness direction) are averaged
-    over the kept full steps only, whose number is then `full_steps`. (`keras_tram.analysis.StepStatistics` is
-    the callback that records them per step.)
+    over the kept full steps only, whose number is then `full_steps`.
+    (`keras_tram.analysis.StepStatistics` is the callback that records them
+    per step.)
     """
 
     def __init__(self, names, full_step_names=(), name="step_statistics", **kwargs):

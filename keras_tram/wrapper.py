@@ -87,8 +87,8 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
     The named methods (`SAM`, `TRAM`, ...) take `perturbation_scope`,
     `perturbation_chunks`, `log_relative_perturbation`, `perturbation_every`
     and `reuse_strength` as keywords too; the methods without a perturbation
-    (TRPO, R3F, MESA) ignore the first three and take no `perturbation_every`
-    but 1.
+    (TRPO, R3F, MESA) ignore the first three and accept only
+    `perturbation_every=1`.
 
     Example:
 

@@ -49,6 +49,7 @@ def test_demo_writes_every_run(smallest_run):
     assert record["seeds"] == [0, 1] and len(record["runs"]) == 6
     for run in record["runs"]:
         assert sorted(run["scores"]) == sorted(digits.DOMAINS)
+        assert 0 < run["step_seconds"] < run["train_seconds"]
         assert all(0 <= a <= 1 for a in run["scores"].values())
     for run in record["runs"]:
         if run["method"] == "adam":
@@ -114,7 +115,7 @@ def _check_files(folder, stem, record, completed):
         markdown = file.read()
     for method in record["methods"]:
         assert method in completed.stdout and f"`{method}`" in markdown  # the tables
-    assert "× Adam time" in markdown
+    assert "× Adam step" in markdown
     assert "95% interval" in completed.stdout
 
 

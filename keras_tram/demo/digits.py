@@ -29,6 +29,7 @@ import numpy as np
 from keras_tram import analysis
 from keras_tram import datasets
 from keras_tram.demo._trainer import STATISTICS
+from keras_tram.demo._trainer import StepTimer
 from keras_tram.demo._trainer import wrapped
 
 DOMAINS = ("printed (in domain)", "handwritten MNIST", "handwritten 8x8")
@@ -170,10 +171,11 @@ class Digits:
         trainer = wrapped(network, method, options)
         trainer.compile(keras.optimizers.Adam(FINE_TUNE["learning_rate"]), _cross_entropy())
         trace = analysis.StepStatistics(names=STATISTICS)
+        timer = StepTimer()
         began = time.time()
         history = trainer.fit(*self.fine_tuning, epochs=FINE_TUNE["epochs"],
                               batch_size=FINE_TUNE["batch_size"], verbose=0,
-                              callbacks=[trace])
+                              callbacks=[trace, timer])
         trained = time.time() - began
         sharpness, cka = {}, {}
         for domain, (x, y) in self.evaluation.items():
@@ -188,4 +190,5 @@ class Digits:
             "per_epoch": {name: [float(v) for v in values]
                           for name, values in history.history.items() if name in STATISTICS},
             "per_step": trace.steps, "train_seconds": round(trained, 2),
+            "step_seconds": timer.seconds_per_step(),
         }

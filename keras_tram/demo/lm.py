@@ -26,6 +26,7 @@ from keras_tram import analysis
 from keras_tram import datasets
 from keras_tram import pretraining
 from keras_tram.demo._trainer import STATISTICS
+from keras_tram.demo._trainer import StepTimer
 from keras_tram.demo._trainer import wrapped
 from keras_tram.recipes import WarmupDecay
 
@@ -158,13 +159,15 @@ class LanguageModelling:
                                 for _ in range(-(-rows // len(self.train)))])[:rows]
         x, y = pretraining.lm_inputs(self.train[order])
         trace = analysis.StepStatistics(names=STATISTICS)
+        timer = StepTimer()
         began = time.time()
         history = trainer.fit(x, y, batch_size=scale.batch_size, epochs=1, shuffle=False,
-                              verbose=0, callbacks=[trace])
+                              verbose=0, callbacks=[trace, timer])
         trained = time.time() - began
         return {
             "scores": self._perplexities(network),
             "per_epoch": {name: [float(v) for v in values]
                           for name, values in history.history.items() if name in STATISTICS},
             "per_step": trace.steps, "train_seconds": round(trained, 2),
+            "step_seconds": timer.seconds_per_step(),
         }

@@ -126,6 +126,8 @@ def summarize(record):
             if all(m is not None for m in means):
                 row[name] = statistics.mean_std(means)
         row["train_seconds"] = statistics.mean_std([r["train_seconds"] for r in mine])
+        if all(r.get("step_seconds") for r in mine):
+            row["step_seconds"] = statistics.mean_std([r["step_seconds"] for r in mine])
         for extra in extras:
             for domain in record["domains"]:
                 row[f"{extra} {domain}"] = statistics.mean_std(

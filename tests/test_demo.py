@@ -224,7 +224,9 @@ def test_the_catalog_names_only_methods_the_package_has():
 
     for name, (method, options) in catalog.METHODS.items():
         parse_method(method)
-        assert set(options) <= {"formulation"}
+        assert set(options) <= {"formulation", "perturbation_every"}
+        if "perturbation_every" in options:
+            assert catalog.full_step_form(name) in catalog.METHODS
     assert set(catalog.QUICK_METHODS) <= set(catalog.METHODS)
     assert set(catalog.BASELINES) <= set(catalog.METHODS)
 

@@ -27,22 +27,26 @@ def part_descent(algorithm, step, grad_fn, scaled_grads, loss_scale, unscale, fr
     def full_step():
         descent, statistics = algorithm.perturbed_gradient(step, grad_fn)
         perturbed = algorithm.mean_gradient(descent, loss_scale if unscale else None, fraction)
-        direction = reuse.direction(step.grads, perturbed)
+        direction, norm = reuse.direction(step.grads, perturbed, step.grad_norm)
+        exact = True  # whether `norm` is still the norm of `direction`
         if algorithm.perturbation_scope == "per_replica" and (
             _backend.splits_batch_across_replicas()
         ):
             # One direction for every replica: the mean of theirs.
             count = _backend.replica_count()
             direction = [d / count for d in _backend.replica_sum(direction)]
+            exact = False
         bound = geometry_lib.global_norm(descent)
         if not whole:
             return descent, bound, _values(statistics, names), [
                 weight * d for d in direction
             ], previous_norm
-        direction = accumulated(direction, previous, update)
-        return descent, bound, _values(statistics, names), direction, (
-            geometry_lib.global_norm(direction)
-        )
+        if update.micro_steps > 1:
+            direction = accumulated(direction, previous, update)
+            exact = False
+        if not exact:
+            norm = geometry_lib.global_norm(direction)
+        return descent, bound, _values(statistics, names), direction, norm
 
     def reuse_step():
         # α (‖g‖ / ‖g_v‖) g_v in the units of the descent gradient: loss-scaled,

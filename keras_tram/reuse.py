@@ -17,9 +17,10 @@ same weights, as TRAM-θ_{t-1}'s first step takes, differ by about 1e-8 of
     >>> from keras import ops
     >>> from keras_tram.reuse import Reuse
     >>> reuse = Reuse(every=5, strength=0.5)
-    >>> g, g_s = [np.array([1.0, 0.0])], [np.array([2.0, 1.0])]
-    >>> [ops.convert_to_numpy(v).tolist() for v in reuse.direction(g, g_s)]  # g_s minus its part along g
-    [[0.0, 1.0]]
+    >>> g, g_s = [np.array([1.0, 0.0], "float32")], [np.array([2.0, 1.0], "float32")]
+    >>> direction, norm = reuse.direction(g, g_s)  # g_s minus its part along g
+    >>> [ops.convert_to_numpy(v).tolist() for v in direction], float(norm)
+    ([[0.0, 1.0]], 1.0)
 """
 
 import keras
@@ -87,18 +88,21 @@ class Reuse(Configurable):
             return True
         return ops.equal(ops.mod(ops.cast(update_index, "int32"), self.every), 0)
 
-    def direction(self, grads, perturbed_grads):
-        """`g_v = g_s − (⟨g, g_s⟩ / ‖g‖²) g` for float32 `g` and `g_s`, or 0
-        where it is below `TOLERANCE · ‖g_s‖`."""
-        dot = sum(ops.sum(g * s) for g, s in zip(grads, perturbed_grads))
-        squared = sum(ops.sum(g * g) for g in grads)
-        coefficient = dot * geometry_lib.safe_reciprocal(squared)
-        direction = [s - coefficient * g for g, s in zip(grads, perturbed_grads)]
-        resolved = ops.greater(
-            geometry_lib.global_norm(direction),
-            TOLERANCE * geometry_lib.global_norm(perturbed_grads),
-        )
-        return [ops.where(resolved, d, 0.0) for d in direction]
+    def direction(self, grads, perturbed_grads, grad_norm=None):
+        """`(g_v, ‖g_v‖)`: `g_v = g_s − (⟨g, g_s⟩ / ‖g‖²) g` for float32 `g`
+        and `g_s`, or 0 where it is below `TOLERANCE · ‖g_s‖`. `grad_norm`,
+        when given, is `‖g‖`, already computed."""
+        dot = sum(ops.sum(ops.multiply(g, s)) for g, s in zip(grads, perturbed_grads))
+        if grad_norm is None:
+            grad_norm = geometry_lib.global_norm(grads)
+        coefficient = dot * geometry_lib.safe_reciprocal(ops.square(grad_norm))
+        direction = [
+            ops.subtract(s, ops.multiply(coefficient, g))
+            for g, s in zip(grads, perturbed_grads)
+        ]
+        norm = geometry_lib.global_norm(direction)
+        resolved = ops.greater(norm, TOLERANCE * geometry_lib.global_norm(perturbed_grads))
+        return [ops.where(resolved, d, 0.0) for d in direction], ops.where(resolved, norm, 0.0)
 
     def get_config(self):
         return {"every": self.every, "strength": self.strength}

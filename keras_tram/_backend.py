@@ -109,15 +109,51 @@ def add_scaled(tensors, others, scale):
     """`[t + scale · o]` for two lists of tensors and a float32 scalar tensor,
     each sum in the dtype of `t`; on torch two fused calls for the whole
     list where the dtypes agree."""
-    if keras.backend.backend() == "torch" and tensors and all(
-        t.dtype == o.dtype == scale.dtype for t, o in zip(tensors, others)
-    ):
+    if _fusable(tensors, others) and all(t.dtype == scale.dtype for t in tensors):
         import torch
 
         return list(torch._foreach_add(tensors, torch._foreach_mul(others, scale)))
     return [
         t + keras.ops.cast(scale * o, t.dtype) for t, o in zip(tensors, others)
     ]
+
+
+def _fusable(*lists):
+    """Whether torch can take these lists of tensors in one `_foreach_*` call
+    (every position the same dtype)."""
+    if keras.backend.backend() != "torch" or not lists[0]:
+        return False
+    return all(len({t.dtype for t in group}) == 1 for group in zip(*lists))
+
+
+def multiply(tensors, others):
+    """`[t · o]` for two lists of tensors: one fused call on torch."""
+    if _fusable(tensors, others):
+        import torch
+
+        return list(torch._foreach_mul(tensors, others))
+    return [t * o for t, o in zip(tensors, others)]
+
+
+def scale(tensors, scalar):
+    """`[t · scalar]` for a list of tensors and a scalar tensor of their
+    dtype: one fused call on torch."""
+    if _fusable(tensors) and all(t.dtype == scalar.dtype for t in tensors):
+        import torch
+
+        return list(torch._foreach_mul(tensors, scalar))
+    return [t * scalar for t in tensors]
+
+
+def add(tensors, others):
+    """`[t + o]`, each sum in the dtype of `t`: one fused call on torch
+    where the dtypes agree."""
+    if _fusable(tensors, others):
+        import torch
+
+        return list(torch._foreach_add(tensors, others))
+    return [t + (o if o.dtype == t.dtype else keras.ops.cast(o, t.dtype))
+            for t, o in zip(tensors, others)]
 
 
 def values_of(variables):

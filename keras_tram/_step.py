@@ -250,7 +250,7 @@ class Algorithm:
             step.statistics["relative_perturbation"] = geometry_lib.global_norm(
                 epsilon
             ) * geometry_lib.safe_reciprocal(geometry_lib.global_norm(step.weights))
-        perturbed = [w + geometry_lib.as_dtype(e, w.dtype) for w, e in zip(step.weights, epsilon)]
+        perturbed = _backend.add(step.weights, epsilon)
         statistics, step.statistics = step.statistics, kept
         statistics = {name: ops.cast(value, "float32") for name, value in statistics.items()}
         return grad_fn(perturbed, at_step_weights=False)[1], statistics

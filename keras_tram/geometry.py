@@ -74,8 +74,7 @@ class Euclidean(Geometry):
         grads = as_float32(grads)
         if grad_norm is None:
             grad_norm = global_norm(grads)
-        scale = radius * safe_reciprocal(grad_norm)
-        return [g * scale for g in grads]
+        return _backend.scale(grads, radius * safe_reciprocal(grad_norm))
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
@@ -97,9 +96,9 @@ class Adaptive(Geometry):
         weights = as_float32(weights)
         # With eta = 0, T = |θ| enters as T² and ‖T g‖ = ‖θ g‖: no abs needed.
         scales = weights if self.eta == 0 else [ops.abs(w) + self.eta for w in weights]
-        scaled = [t * g for t, g in zip(scales, grads)]
+        scaled = _backend.multiply(scales, grads)
         scale = radius * safe_reciprocal(global_norm(scaled))
-        return [t * tg * scale for t, tg in zip(scales, scaled)]
+        return _backend.scale(_backend.multiply(scales, scaled), scale)
 
     def get_config(self):
         return {"eta": self.eta}

@@ -47,6 +47,7 @@ METHODS = {
     "sam": ("SAM", {"rho": 0.05}),
     "asam": ("ASAM", {"rho": 0.5}),
     "fsam": ("FSAM", {}),
+    "gsam": ("GSAM", {}),
     "tram-previous_step": ("TRAM", {"variant": "previous_step"}),
     "tram-pretrained": ("TRAM", {"variant": "pretrained"}),
     "tram-input_noise": ("TRAM", {"variant": "input_noise"}),

@@ -2,16 +2,20 @@
 
 from keras_tram import analysis
 from keras_tram import datasets
+from keras_tram import descent
 from keras_tram import geometry
 from keras_tram import penalty
 from keras_tram import radius
 from keras_tram import recipes
 from keras_tram import reduction
 from keras_tram import reuse
+from keras_tram import schedule
+from keras_tram import selection
 from keras_tram import tiny
 from keras_tram import trust_region
 from keras_tram.methods import ASAM
 from keras_tram.methods import FSAM
+from keras_tram.methods import GSAM
 from keras_tram.methods import MESA
 from keras_tram.methods import METHODS
 from keras_tram.methods import R3F
@@ -26,7 +30,8 @@ from keras_tram.wrapper import Step
 __version__ = "0.1.0"
 
 __all__ = [
-    "ASAM", "FSAM", "MESA", "METHODS", "R3F", "SAM", "TRAM", "TRAM_VARIANTS", "TRPO",
-    "SharpnessAware", "Step", "analysis", "datasets", "geometry", "penalty", "radius", "recipes", "reduction",
-    "reuse", "tiny", "trust_region", "wrap",
+    "ASAM", "FSAM", "GSAM", "MESA", "METHODS", "R3F", "SAM", "TRAM", "TRAM_VARIANTS", "TRPO",
+    "SharpnessAware", "Step", "analysis", "datasets", "descent", "geometry", "penalty",
+    "radius", "recipes", "reduction", "reuse", "schedule", "selection", "tiny", "trust_region",
+    "wrap",
 ]

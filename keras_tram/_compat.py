@@ -9,6 +9,8 @@ Checked on Keras 3.15.1.
 """
 
 
+import keras
+
 CHECKED_ON = "3.15.1"
 
 try:  # Checked on Keras 3.15.1 (keras/src/losses/loss.py).
@@ -77,6 +79,17 @@ def micro_steps(optimizer):
     accumulating gradients)."""
     counter = getattr(optimizer, "_iterations", None)
     return optimizer.iterations if counter is None else counter
+
+
+def initial_learning_rate(optimizer):
+    """The learning rate of the optimizer's update 0: its schedule at 0, else
+    its learning rate (`BaseOptimizer._learning_rate`; a `LossScaleOptimizer`'s
+    is its `inner_optimizer`'s)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    rate = getattr(inner, "_learning_rate", None)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        return rate(0)
+    return inner.learning_rate
 
 
 class BuildsBeforeTracing:

@@ -28,6 +28,8 @@ def part_descent(algorithm, step, grad_fn, scaled_grads, loss_scale, unscale, fr
         descent, statistics = algorithm.perturbed_gradient(step, grad_fn)
         perturbed = algorithm.mean_gradient(descent, loss_scale if unscale else None, fraction)
         direction, norm = reuse.direction(step.grads, perturbed, step.grad_norm)
+        if algorithm.descent is not None:
+            descent = algorithm.descent(step, scaled_grads, descent, perturbed)
         exact = True  # whether `norm` is still the norm of `direction`
         if algorithm.perturbation_scope == "per_replica" and (
             _backend.splits_batch_across_replicas()

@@ -21,6 +21,7 @@ from keras_tram import _reusing
 from keras_tram import geometry as geometry_lib
 from keras_tram import radius as radius_lib
 from keras_tram import reuse as reuse_lib
+from keras_tram import schedule as schedule_lib
 from keras_tram._step_view import Step
 
 # The statistics of the perturbation itself, which a step that reuses the
@@ -45,6 +46,8 @@ class Update(NamedTuple):
     index: Any = 0  # the update's index t (the optimizer's `iterations`)
     micro_step: Any = 0  # this step's place among the update's micro-steps
     micro_steps: int = 1  # micro-steps per update (gradient accumulation)
+    learning_rate: Any = None  # the optimizer's, if a piece follows it
+    initial_learning_rate: Any = None  # the one of update 0, likewise
 
 
 class Result(NamedTuple):
@@ -61,19 +64,24 @@ class Algorithm:
     Args:
         model: the Keras model being trained (the wrapper): its
             `stateless_call`, `stateless_compute_loss` and variables.
-        geometry, radius, penalty, ascent_noise: the method's pieces.
+        geometry, radius, penalty, ascent_noise, descent: the method's pieces.
         reuse: a `keras_tram.reuse.Reuse`: how often the full step runs
             (None: every update).
         perturbation_scope, perturbation_chunks, log_relative_perturbation:
             as for `SharpnessAware`.
         seed_generator: the generator input noise is drawn from, if any
             piece draws noise.
+        perturbed: the positions of the trainable weights the geometry
+            perturbs (`keras_tram.selection`), or None for all of them; set
+            with `select` when the wrapper is built.
     """
 
     def __init__(self, model, geometry, radius, penalty, ascent_noise, perturbation_scope,
                  perturbation_chunks, log_relative_perturbation, seed_generator=None,
-                 reuse=None):
+                 reuse=None, descent=None):
         self.model = model
+        self.descent = descent
+        self.perturbed = None
         self.reuse = reuse_lib.Reuse() if reuse is None else reuse
         self.geometry = geometry
         self.radius = radius
@@ -105,6 +113,13 @@ class Algorithm:
             name for name in names if name in PERTURBATION_STATISTICS
         ) if self.reuse.skips else ()
         self._index = None
+        self.reads_learning_rate = any(
+            getattr(c, "follows_learning_rate", False) for c in (radius, penalty)
+        )
+
+    def select(self, positions):
+        """Perturb only the trainable weights at `positions` (None: all)."""
+        self.perturbed = None if positions is None else tuple(positions)
 
     @staticmethod
     def uses_noise(radius, penalty, ascent_noise):
@@ -150,6 +165,7 @@ class Algorithm:
         `update` is an `Update`.
         """
         full = self.reuse.is_full(update.index) if self.geometry is not None else True
+        at = schedule_lib.At(update.index, update.learning_rate, update.initial_learning_rate)
         chunks = self._chunk_count()
         if chunks == 1:
             parts = [(x, y, sample_weight, None, None)]
@@ -160,6 +176,7 @@ class Algorithm:
         for part_x, part_y, part_weight, fraction, rows in parts:
             step = Step(self, part_x, part_y, part_weight, weights, state, rows)
             step.full = full
+            step.at = at
             grads = self._part_step(step, metrics, loss_scale, unscale, fraction, update)
             descent_grads = grads if descent_grads is None else [
                 a + b for a, b in zip(descent_grads, grads)
@@ -172,6 +189,7 @@ class Algorithm:
         step.non_trainable = non_trainable
         step.applies_update = update.applies
         step.full = full
+        step.at = at
         step.new_non_trainable = self._with_state_updates(step, state, steps, update)
 
         # One norm per gradient is a cheaper finiteness check than one per
@@ -234,6 +252,9 @@ class Algorithm:
         if not self.reuse.skips:
             descent, statistics = self.perturbed_gradient(step, grad_fn)
             step.statistics.update(statistics)
+            if self.descent is not None:
+                perturbed = self.mean_gradient(descent, loss_scale if unscale else None, fraction)
+                descent = self.descent(step, scaled_grads, descent, perturbed)
             return descent
         return _reusing.part_descent(
             self, step, grad_fn, scaled_grads, loss_scale, unscale, fraction, update
@@ -245,12 +266,21 @@ class Algorithm:
         kept, step.statistics = step.statistics, {}
         radius = ops.cast(self.radius(step), "float32")
         step.statistics["radius"] = radius
-        epsilon = self.geometry.perturbation(step.grads, step.weights, radius, step.grad_norm)
+        if self.perturbed is None:
+            epsilon = self.geometry.perturbation(step.grads, step.weights, radius, step.grad_norm)
+            perturbed = _backend.add(step.weights, epsilon)
+        else:
+            # Left-out weights: ε = 0, and out of every norm of the geometry.
+            grads = [step.grads[i] for i in self.perturbed]
+            weights = [step.weights[i] for i in self.perturbed]
+            epsilon = self.geometry.perturbation(grads, weights, radius)
+            perturbed = list(step.weights)
+            for i, moved in zip(self.perturbed, _backend.add(weights, epsilon)):
+                perturbed[i] = moved
         if self.log_relative_perturbation:
             step.statistics["relative_perturbation"] = geometry_lib.global_norm(
                 epsilon
             ) * geometry_lib.safe_reciprocal(geometry_lib.global_norm(step.weights))
-        perturbed = _backend.add(step.weights, epsilon)
         statistics, step.statistics = step.statistics, kept
         statistics = {name: ops.cast(value, "float32") for name, value in statistics.items()}
         return grad_fn(perturbed, at_step_weights=False)[1], statistics

@@ -6,6 +6,7 @@ import math
 from keras import ops
 
 from keras_tram import _batch
+from keras_tram import schedule
 
 
 class Step:
@@ -33,6 +34,8 @@ class Step:
         descent_norm: a scalar that is finite exactly when this part's
             descent gradient is, if the part knows one (else None: the step
             takes the gradient's norm).
+        at: the update the step belongs to, as scheduled values read it (a
+            `keras_tram.schedule.At`: its index and learning rate).
         new_non_trainable, new_metrics: the variables' values after the step.
         perturbation_sum: adds up values over the replicas that share a
             perturbation (all of them with `perturbation_scope="global"`,
@@ -51,6 +54,7 @@ class Step:
         self.statistics = {}
         self.applies_update = True
         self.full = True
+        self.at = schedule.At()
         self.direction = None
         self.direction_norm = None
         self.descent_norm = None
@@ -77,6 +81,7 @@ class Step:
         part = Step(self._algorithm, *batch, self.weights, self.non_trainable, self.rows)
         part.y_pred = _batch.rows(self.y_pred, 0, count)
         part.statistics = self.statistics
+        part.at = self.at
         return part
 
     def value_of(self, variable):

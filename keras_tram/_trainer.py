@@ -7,6 +7,8 @@ takes the gradient from `_step.Algorithm.run`, applies it with the compiled
 optimizer when it is finite, and updates the metrics from the clean pass.
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -33,7 +35,12 @@ class _Common:
             weights, non_trainable, metrics, x, y, sample_weight,
             loss_scale=self._optimizer_value(_loss_scale, optimizer_values),
             unscale=self._optimizer_scales_loss(),
-            update=self._optimizer_value(_update, optimizer_values),
+            update=self._optimizer_value(
+                functools.partial(
+                    _update, learning_rate=self._algorithm.reads_learning_rate
+                ),
+                optimizer_values,
+            ),
         )
 
     def _optimizer_value(self, read, optimizer_values):
@@ -161,20 +168,27 @@ def _loss_scale(optimizer):
     return ops.cast(optimizer.scale_loss(one), "float32")
 
 
-def _update(optimizer):
+def _update(optimizer, learning_rate=False):
     """Where this step stands among the optimizer's updates (`_step.Update`):
     whether it changes the weights (not on the accumulating steps of
-    `gradient_accumulation_steps`), the update's index and the micro-step's."""
+    `gradient_accumulation_steps`), the update's index and the micro-step's,
+    and, if `learning_rate`, the optimizer's learning rate now and at update 0."""
     if optimizer is None:
         return _step.Update()
     index = ops.convert_to_tensor(optimizer.iterations)
+    rates = {}
+    if learning_rate:
+        rates = dict(
+            learning_rate=ops.cast(optimizer.learning_rate, "float32"),
+            initial_learning_rate=ops.cast(_compat.initial_learning_rate(optimizer), "float32"),
+        )
     steps = getattr(optimizer, "gradient_accumulation_steps", None)
     if not steps or steps <= 1:
-        return _step.Update(True, index)
+        return _step.Update(True, index, **rates)
     # `iterations` counts updates when accumulating; Keras decides with its
     # micro-step counter, as here.
     micro_step = ops.mod(ops.convert_to_tensor(_compat.micro_steps(optimizer)), steps)
-    return _step.Update(ops.equal(micro_step + 1, steps), index, micro_step, steps)
+    return _step.Update(ops.equal(micro_step + 1, steps), index, micro_step, steps, **rates)
 
 
 def _select(condition, new_values, old_values):

@@ -2,7 +2,9 @@
 
 import keras
 
+from keras_tram import schedule
 from keras_tram._validation import check_choice
+from keras_tram.descent import SurrogateGap
 from keras_tram.geometry import Adaptive
 from keras_tram.geometry import Euclidean
 from keras_tram.geometry import Fisher
@@ -22,7 +24,10 @@ class SAM(SharpnessAware):
 
     Args:
         model: the `keras.Model` to train.
-        rho: the radius of the Euclidean ball, a finite number >= 0.
+        rho: the radius of the Euclidean ball: a finite number >= 0, a
+            `keras.optimizers.schedules.LearningRateSchedule` over the updates,
+            or a `keras_tram.schedule.FollowLearningRate`. With `rho=0` the
+            step is the optimizer's plain step.
 
     Example:
 
@@ -32,6 +37,14 @@ class SAM(SharpnessAware):
     wrapped = keras_tram.SAM(model, rho=0.05)
     wrapped.compile(optimizer="sgd", loss="mse")
     wrapped.fit(np.ones((8, 4)), np.zeros((8, 3)), verbose=0)
+
+    # ρ decaying linearly from 0.1 to 0 over 4 updates; the logged radius is
+    # the one used (here the mean over the epoch's 4 updates).
+    rho = keras.optimizers.schedules.PolynomialDecay(0.1, decay_steps=4, end_learning_rate=0.0)
+    wrapped = keras_tram.SAM(model, rho=rho)
+    wrapped.compile(optimizer="sgd", loss="mse")
+    history = wrapped.fit(np.ones((8, 4)), np.zeros((8, 3)), batch_size=2, verbose=0)
+    assert abs(history.history["radius"][0] - np.mean([0.1, 0.075, 0.05, 0.025])) < 1e-6
     ```
     """
 
@@ -43,7 +56,7 @@ class SAM(SharpnessAware):
         return self.radius.rho
 
     def get_config(self):
-        return {**self._base_config(), "rho": self.rho}
+        return {**self._base_config(), "rho": schedule.serialize(self.rho)}
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
@@ -51,10 +64,15 @@ class ASAM(SharpnessAware):
     """Adaptive SAM (Kwon et al., 2021): `ε = ρ T² g / ‖T g‖`, `T = |θ| + η`.
 
     `eta=0` is the form the TRAM paper uses and compares against.
+    `ASAM(model, rho=0.5, eta=0.01, perturb="no_bias_norm")` is the form of
+    the original ASAM code, which leaves biases and normalization weights
+    unperturbed. With keras-hub's LoRA, `eta=0` does not perturb LoRA's
+    zero-initialised matrices (`T = 0` there) until they move: use `eta > 0`.
 
     Args:
         model: the `keras.Model` to train.
-        rho: the radius, a finite number >= 0 (the paper uses 0.5).
+        rho: the radius, a finite number >= 0 (the paper uses 0.5), or a
+            schedule of it (`keras_tram.schedule`).
         eta: the offset added to `|θ|`, a finite number >= 0.
 
     Example:
@@ -66,6 +84,11 @@ class ASAM(SharpnessAware):
     wrapped.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = wrapped.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
     history.history["radius"]
+
+    # The original ASAM code's form: biases and normalization weights unperturbed.
+    wrapped = keras_tram.ASAM(model, rho=0.5, eta=0.01, perturb="no_bias_norm")
+    [v.path for v in keras_tram.selection.selected(wrapped, wrapped.perturb)]
+    # ['dense/kernel']
     ```
     """
 
@@ -81,7 +104,7 @@ class ASAM(SharpnessAware):
         return self.geometry.eta
 
     def get_config(self):
-        return {**self._base_config(), "rho": self.rho, "eta": self.eta}
+        return {**self._base_config(), "rho": schedule.serialize(self.rho), "eta": self.eta}
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
@@ -90,7 +113,8 @@ class FSAM(SharpnessAware):
 
     Args:
         model: the `keras.Model` to train.
-        rho: the radius, a finite number >= 0.
+        rho: the radius, a finite number >= 0, or a schedule of it
+            (`keras_tram.schedule`).
         eta: the weight of the diagonal Fisher estimate `g²`, >= 0.
 
     Example:
@@ -109,7 +133,64 @@ class FSAM(SharpnessAware):
         super().__init__(model, geometry=Fisher(eta), radius=Constant(rho), **kwargs)
 
     def get_config(self):
-        return {**self._base_config(), "rho": self.radius.rho, "eta": self.geometry.eta}
+        return {
+            **self._base_config(),
+            "rho": schedule.serialize(self.radius.rho),
+            "eta": self.geometry.eta,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_tram")
+class GSAM(SharpnessAware):
+    """Surrogate Gap Guided SAM (Zhuang et al., ICLR 2022).
+
+    SAM's perturbation `ε = ρ_t g / ‖g‖`, then a descent along
+    `g_p − α · g_⊥`, where `g_p = ∇L(θ + ε)` and `g_⊥` is the component of
+    the clean gradient `g` orthogonal to `g_p`
+    (`keras_tram.descent.SurrogateGap`). By default ρ follows the learning
+    rate (`keras_tram.schedule.FollowLearningRate(rho_max=0.05,
+    rho_min=0.0)`): ρ_max at the optimizer's initial learning rate, falling
+    with it, so that with a constant learning rate ρ is 0.05 throughout.
+
+    Args:
+        model: the `keras.Model` to train.
+        rho: the radius: None (the default above), a number, a
+            `LearningRateSchedule` or a `FollowLearningRate`.
+        alpha: α, a finite number >= 0 (default 0.4); 0 is SAM.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, keras_tram
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    rho = keras_tram.schedule.FollowLearningRate(rho_max=0.1, rho_min=0.02)
+    wrapped = keras_tram.GSAM(model, rho=rho, alpha=0.3)
+    lr = keras.optimizers.schedules.CosineDecay(0.05, decay_steps=8)
+    wrapped.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    history = wrapped.fit(np.ones((8, 4)), np.zeros((8, 3)), batch_size=2, epochs=2, verbose=0)
+    assert history.history["radius"][1] < history.history["radius"][0]
+    ```
+    """
+
+    def __init__(self, model, rho=None, alpha=0.4, **kwargs):
+        if rho is None:
+            rho = schedule.FollowLearningRate(rho_max=0.05, rho_min=0.0)
+        super().__init__(
+            model, geometry=Euclidean(), radius=Constant(rho),
+            descent=SurrogateGap(alpha), **kwargs,
+        )
+
+    @property
+    def rho(self):
+        return self.radius.rho
+
+    @property
+    def alpha(self):
+        return self.descent.alpha
+
+    def get_config(self):
+        config = self._base_config()
+        return {**config, "rho": schedule.serialize(self.rho), "alpha": self.alpha}
 
 
 class _PenaltyMethod(SharpnessAware):
@@ -235,7 +316,7 @@ class MESA(_PenaltyMethod):
 
 
 _WRAPPERS = {
-    "sam": SAM, "asam": ASAM, "fsam": FSAM, "tram": TRAM,
+    "sam": SAM, "asam": ASAM, "fsam": FSAM, "gsam": GSAM, "tram": TRAM,
     "trpo": TRPO, "r3f": R3F, "mesa": MESA,
 }
 PLAIN = ("adam", "sgd")
@@ -273,7 +354,7 @@ def wrap(model, method, variant=None, **options):
     Args:
         model: the `keras.Model` to train.
         method: one of `METHODS`: `"adam"` or `"sgd"` (plain training: the
-            model is returned as is), `"sam"`, `"asam"`, `"fsam"`, `"tram"`,
+            model is returned as is), `"sam"`, `"asam"`, `"fsam"`, `"gsam"`, `"tram"`,
             `"trpo"`, `"r3f"`, `"mesa"`; or `"tram-<variant>"`.
         variant: TRAM's variant, one of `TRAM_VARIANTS` (default
             `"previous_step"`).

@@ -12,10 +12,10 @@ the perturbation `ε = r · u`, `u` its unit direction.
 import keras
 from keras import ops
 
+from keras_tram import schedule
 from keras_tram import trust_region
 from keras_tram._config import Component
 from keras_tram._validation import check_fraction
-from keras_tram._validation import check_non_negative
 
 
 class Radius(Component):
@@ -25,19 +25,30 @@ class Radius(Component):
     def __call__(self, step):
         raise NotImplementedError
 
+    @property
+    def follows_learning_rate(self):
+        """Whether the radius reads the optimizer's learning rate."""
+        return False
+
 
 @keras.saving.register_keras_serializable(package="keras_tram")
 class Constant(Radius):
-    """A fixed radius `rho`, as in SAM, ASAM and FSAM."""
+    """The radius `rho` of SAM, ASAM and FSAM: a number, or scheduled over the
+    updates (a `keras.optimizers.schedules.LearningRateSchedule` or a
+    `keras_tram.schedule.FollowLearningRate`; `keras_tram.schedule`)."""
 
     def __init__(self, rho):
-        self.rho = check_non_negative("rho", rho)
+        self.rho = schedule.check("rho", rho)
 
     def __call__(self, step):
-        return ops.convert_to_tensor(self.rho, dtype="float32")
+        return schedule.value(self.rho, schedule.At() if step is None else step.at)
+
+    @property
+    def follows_learning_rate(self):
+        return schedule.follows_learning_rate(self.rho)
 
     def get_config(self):
-        return {"rho": self.rho}
+        return {"rho": schedule.serialize(self.rho)}
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")
@@ -53,8 +64,10 @@ class TrustRegion(trust_region.Distance, Radius):
         reference: a `keras_tram.trust_region.Reference`.
         divergence: `"kl"` (`KL(reference ‖ current)`), `"reverse_kl"` or
             `"symmetric_kl"`.
-        radius_scale: a finite number >= 0 multiplying `d`.
-        max_radius: a finite number >= 0 capping the radius, or None.
+        radius_scale: a finite number >= 0 multiplying `d`, or a schedule of
+            it (`keras_tram.schedule`).
+        max_radius: a finite number >= 0 capping the radius, a schedule of
+            it, or None.
         batch_fraction: in (0, 1]: measure `d` on the first
             `ceil(batch_fraction · batch)` examples only, which shrinks the
             reference's extra forward pass to that fraction of the batch
@@ -71,26 +84,40 @@ class TrustRegion(trust_region.Distance, Radius):
                  reduction=None):
         super().__init__(reference, divergence, from_logits, output_key, reduction)
         self.batch_fraction = check_fraction("batch_fraction", batch_fraction)
-        self.radius_scale = check_non_negative("radius_scale", radius_scale)
+        self.radius_scale = schedule.check("radius_scale", radius_scale)
         self.max_radius = (
-            None if max_radius is None else check_non_negative("max_radius", max_radius)
+            None if max_radius is None else schedule.check("max_radius", max_radius)
         )
 
     def __call__(self, step):
         if self.batch_fraction < 1.0:
             step = step.head(self.batch_fraction)
         _, d = self.measure(step, step.weights, step.y_pred, step.perturbation_sum)
+        # A KL is never negative; rounding can take it just below 0 (-2e-9
+        # seen with LoRA on GPT-2), which must not become a negative radius.
         d = ops.stop_gradient(d)
+        d = ops.where(ops.less(d, 0.0), 0.0, d)  # NaN stays NaN, and skips the step
         step.statistics["divergence"] = d
-        radius = self.radius_scale * d
+        if schedule.is_constant(self.radius_scale):
+            radius = self.radius_scale * d
+        else:
+            radius = schedule.value(self.radius_scale, step.at) * d
         if self.max_radius is not None:
-            radius = ops.minimum(radius, self.max_radius)
+            radius = ops.minimum(radius, schedule.value(self.max_radius, step.at))
         return radius
+
+    @property
+    def follows_learning_rate(self):
+        return any(
+            schedule.follows_learning_rate(v) for v in (self.radius_scale, self.max_radius)
+        )
 
     def get_config(self):
         return {
             **super().get_config(),
-            "radius_scale": self.radius_scale,
-            "max_radius": self.max_radius,
+            "radius_scale": schedule.serialize(self.radius_scale),
+            "max_radius": None if self.max_radius is None else schedule.serialize(
+                self.max_radius
+            ),
             "batch_fraction": self.batch_fraction,
         }

@@ -26,6 +26,7 @@ import keras
 from keras_tram._validation import check_choice
 from keras_tram._validation import check_instance
 from keras_tram._validation import check_non_negative
+from keras_tram._validation import check_positive_int
 from keras_tram.methods import PLAIN
 from keras_tram.methods import parse_method
 from keras_tram.methods import wrap
@@ -146,9 +147,12 @@ def _hub():
     return keras_hub
 
 
-def _finish(task, method, variant, recipe, method_options, compile_options,
+def _finish(task, method, variant, recipe, method_options, compile_options, lora_rank,
             **compile_arguments):
     check_instance("recipe", recipe, Recipe)
+    if lora_rank is not None:
+        # Before wrapping: the references copy the weights trainable then.
+        task.backbone.enable_lora(check_positive_int("lora_rank", lora_rank))
     wrapped = wrap(task, method, variant, **(method_options or {}))
     wrapped.compile(optimizer=recipe.make_optimizer(method),
                     **{**compile_arguments, **compile_options})
@@ -157,7 +161,7 @@ def _finish(task, method, variant, recipe, method_options, compile_options,
 
 def text_classifier(preset, num_classes, method="tram", variant=None,
                     recipe=CROSS_LINGUAL, method_options=None, load_weights=True,
-                    **compile_options):
+                    lora_rank=None, **compile_options):
     """A keras-hub text classifier (XNLI / PAWS-X style), wrapped and compiled.
 
     Args:
@@ -170,6 +174,12 @@ def text_classifier(preset, num_classes, method="tram", variant=None,
             preprocessor's sequence length.
         method_options: the method's own arguments, e.g. `{"rho": 0.1}`.
         load_weights: load the preset's weights (else random ones).
+        lora_rank: an integer >= 1 to train LoRA adapters of that rank
+            (`backbone.enable_lora`) instead of the whole backbone; the
+            trust-region references then copy the trainable (LoRA and head)
+            weights only. ASAM and TRAM with `eta=0` do not perturb LoRA's
+            zero-initialised matrices (`θ² = 0`) until they move: pass an
+            `eta > 0` in `method_options`, or use SAM's `Euclidean` ball.
         **compile_options: passed to `compile`, overriding the defaults
             (`metrics`, `jit_compile`, `steps_per_execution`, ...).
 
@@ -187,7 +197,7 @@ def text_classifier(preset, num_classes, method="tram", variant=None,
         load_weights=load_weights,
     )
     return _finish(
-        task, method, variant, recipe, method_options, compile_options,
+        task, method, variant, recipe, method_options, compile_options, lora_rank,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
     )
@@ -195,7 +205,7 @@ def text_classifier(preset, num_classes, method="tram", variant=None,
 
 def image_classifier(preset, num_classes, method="tram", variant=None,
                      recipe=CROSS_DATASET_VISION, method_options=None, load_weights=True,
-                     **compile_options):
+                     lora_rank=None, **compile_options):
     """A keras-hub image classifier (ResNet, ViT, ...), wrapped and compiled.
 
     Arguments as `text_classifier`'s, with `CROSS_DATASET_VISION` as the
@@ -207,14 +217,14 @@ def image_classifier(preset, num_classes, method="tram", variant=None,
         preset, num_classes=num_classes, load_weights=load_weights
     )
     return _finish(
-        task, method, variant, recipe, method_options, compile_options,
+        task, method, variant, recipe, method_options, compile_options, lora_rank,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
     )
 
 
 def causal_lm(preset, method="tram", variant=None, recipe=LANGUAGE_MODELLING,
-              method_options=None, load_weights=True, **compile_options):
+              method_options=None, load_weights=True, lora_rank=None, **compile_options):
     """A keras-hub causal language model (GPT-2, ...), wrapped and compiled.
 
     Arguments as `text_classifier`'s, with `LANGUAGE_MODELLING` as the
@@ -230,7 +240,7 @@ def causal_lm(preset, method="tram", variant=None, recipe=LANGUAGE_MODELLING,
         preset, preprocessor=preprocessor, load_weights=load_weights
     )
     return _finish(
-        task, method, variant, recipe, method_options, compile_options,
+        task, method, variant, recipe, method_options, compile_options, lora_rank,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=[hub.metrics.Perplexity(from_logits=True)],
     )

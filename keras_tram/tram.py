@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_tram import schedule
 from keras_tram._validation import check_choice
 from keras_tram._validation import check_fraction
 from keras_tram.geometry import Adaptive
@@ -48,8 +49,11 @@ class TRAM(SharpnessAware):
         rho: the radius of the `"fisher"` variant (default 0.1).
         divergence: `"kl"` (`KL(reference ‖ current)`, the paper's),
             `"reverse_kl"` or `"symmetric_kl"`.
-        radius_scale: multiplies `d` (default 1, the paper's method).
-        max_radius: caps the radius (default None, no cap).
+        radius_scale: multiplies `d` (default 1, the paper's method); a
+            number or a schedule (`keras_tram.schedule`). 0 gives the
+            optimizer's plain step.
+        max_radius: caps the radius (default None, no cap); a number or a
+            schedule.
         noise_layer: where the noise goes for token-id models (a layer or its
             name); found automatically for keras-hub backbones and models
             with a `keras.layers.Embedding`.
@@ -170,4 +174,8 @@ class TRAM(SharpnessAware):
         return self._arguments.get("formulation", "paper")
 
     def get_config(self):
-        return {**self._base_config(), **self._arguments}
+        arguments = dict(self._arguments)
+        for name in ("radius_scale", "max_radius", "rho"):
+            if arguments[name] is not None:
+                arguments[name] = schedule.serialize(getattr(self.radius, name, arguments[name]))
+        return {**self._base_config(), **arguments}

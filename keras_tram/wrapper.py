@@ -15,10 +15,12 @@ from keras_tram import _pipeline
 from keras_tram import _statistics
 from keras_tram import _step
 from keras_tram import _trainer
+from keras_tram import descent as descent_lib
 from keras_tram import geometry as geometry_lib
 from keras_tram import penalty as penalty_lib
 from keras_tram import radius as radius_lib
 from keras_tram import reuse as reuse_lib
+from keras_tram import selection
 from keras_tram import trust_region
 from keras_tram._step import Step  # noqa: F401 (public as keras_tram.Step)
 from keras_tram._validation import check_choice
@@ -83,12 +85,22 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
             trainable weights, saved with the model.
         reuse_strength: α, a finite number >= 0 (default 0.7, LookSAM's):
             the steps in between descend along `g + α (‖g‖ / ‖g_v‖) g_v`.
+        perturb: which trainable weights the perturbation moves
+            (`keras_tram.selection`): `"all"` (default), `"no_bias_norm"`
+            (not the biases and normalization weights, as the original ASAM
+            code), `"norm_only"` (SAM-ON), a callable `variable -> bool` or
+            a list of trainable variables. The others get `ε = 0` and stay
+            out of the geometry's norms; every weight descends.
+        descent: an optional `keras_tram.descent.Descent`: how the descent
+            gradient is formed from the clean and the perturbed gradient
+            (`SurrogateGap(alpha)` for GSAM); None descends along the
+            perturbed gradient.
 
     The named methods (`SAM`, `TRAM`, ...) take `perturbation_scope`,
-    `perturbation_chunks`, `log_relative_perturbation`, `perturbation_every`
-    and `reuse_strength` as keywords too; the methods without a perturbation
-    (TRPO, R3F, MESA) ignore the first three and accept only
-    `perturbation_every=1`.
+    `perturbation_chunks`, `log_relative_perturbation`, `perturbation_every`,
+    `reuse_strength` and `perturb` as keywords too; the methods without a
+    perturbation (TRPO, R3F, MESA) ignore the first three and accept only
+    `perturbation_every=1` and `perturb="all"`.
 
     Example:
 
@@ -107,7 +119,7 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
     def __init__(self, model, geometry=None, radius=None, penalty=None,
                  ascent_noise=None, perturbation_scope="global", perturbation_chunks=1,
                  log_relative_perturbation=False, perturbation_every=1, reuse_strength=0.7,
-                 **kwargs):
+                 perturb="all", descent=None, **kwargs):
         super().__init__(**kwargs)
         self.model = check_model(model)
         _backend.seed_dropout(model)
@@ -150,6 +162,19 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
                 f"but this method has none (no `geometry`); received "
                 f"perturbation_every={perturbation_every!r}. Leave it at 1."
             )
+        self.selection = selection.Selection(perturb)
+        if geometry is None and not (isinstance(perturb, str) and perturb == "all"):
+            raise ValueError(
+                "`perturb` says which weights a perturbation moves, but this method "
+                f"has none (no `geometry`); received perturb={perturb!r}. Leave it "
+                "at 'all'."
+            )
+        if descent is not None:
+            check_instance("descent", descent, descent_lib.Descent)
+            if geometry is None:
+                raise ValueError("`descent` needs a `geometry`: it combines the clean "
+                                 "and the perturbed gradient.")
+        self.descent = descent
         self.geometry = geometry
         self.radius = radius
         self.penalty = penalty
@@ -160,7 +185,7 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
         self._algorithm = _step.Algorithm(
             self, geometry, radius, penalty, ascent_noise, self.perturbation_scope,
             self.perturbation_chunks, log_relative_perturbation, self.noise_seed_generator,
-            self.reuse,
+            self.reuse, descent,
         )
         self.statistics_tracker = _statistics.StatisticMeans(
             self._algorithm.statistic_names, self._algorithm.full_step_names
@@ -184,6 +209,8 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
             for component in self._algorithm.components:
                 component.build(self)
             self.reuse.build(self)
+            if self.geometry is not None:
+                self._algorithm.select(self.selection.positions(self))
             self._components_built = True
         self.built = True
 
@@ -191,6 +218,11 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
     def statistic_names(self):
         """The step statistics this method logs, besides `skipped_steps`."""
         return self._algorithm.statistic_names
+
+    @property
+    def perturb(self):
+        """The weights the perturbation moves, as given (`keras_tram.selection`)."""
+        return self.selection.perturb
 
     @property
     def uses_noise(self):
@@ -236,6 +268,7 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
             "log_relative_perturbation": self.log_relative_perturbation,
             "perturbation_every": self.reuse.every,
             "reuse_strength": self.reuse.strength,
+            "perturb": self.selection.get_config(),
         }
 
     def get_config(self):
@@ -246,12 +279,13 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
             "radius": serialize(self.radius),
             "penalty": serialize(self.penalty),
             "ascent_noise": serialize(self.ascent_noise),
+            "descent": serialize(self.descent),
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        for key in ("model", "geometry", "radius", "penalty", "ascent_noise"):
+        for key in ("model", "geometry", "radius", "penalty", "ascent_noise", "descent"):
             if key in config:
                 config[key] = keras.saving.deserialize_keras_object(
                     config[key], custom_objects=custom_objects

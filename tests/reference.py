@@ -132,17 +132,19 @@ def train_tram(weights, x, y, steps, learning_rate, variant, scale=1.0, max_radi
     averaged into one update, and θ_{t-1} is the weights before the last
     update (the reference moves with the updates, not with the micro-steps).
     With `fraction` < 1, d is measured on the first ceil(fraction · n) examples.
+    `scale` is one number or one per step.
     """
     weights = [np.array(w, dtype=np.float64) for w in weights]
     initial = [w.copy() for w in weights]
     reference = initial
     divergences, pending = [], []
-    for _ in range(steps):
+    for step in range(steps):
         _, grads = mlp_loss_and_grads(weights, x, y)
         k = int(np.ceil(fraction * len(x)))
         d = kl(mlp_logits(reference, x[:k]), mlp_logits(weights, x[:k]))
         divergences.append(d)
-        radius = scale * d if max_radius is None else min(scale * d, max_radius)
+        s = scale[step] if np.ndim(scale) else scale  # one per step, if scheduled
+        radius = s * d if max_radius is None else min(s * d, max_radius)
         eps = asam_epsilon(grads, weights, radius, 0.0)
         _, descent = mlp_loss_and_grads([w + e for w, e in zip(weights, eps)], x, y)
         pending.append(descent)
@@ -291,3 +293,51 @@ def train_reuse(weights, batches, every, strength, learning_rate, epsilon_fn=Non
         previous = weights
         weights = [w - learning_rate * g for w, g in zip(weights, descent)]
     return weights, radii
+
+
+def polynomial_decay(initial, decay_steps, end, step):
+    """Keras's `PolynomialDecay` with power 1 (no cycle) at `step`."""
+    fraction = min(step, decay_steps) / decay_steps
+    return (initial - end) * (1 - fraction) + end
+
+
+def cosine_decay(initial, decay_steps, step, alpha=0.0):
+    """Keras's `CosineDecay` (no warmup) at `step`."""
+    fraction = min(step, decay_steps) / decay_steps
+    return initial * ((1 - alpha) * 0.5 * (1 + np.cos(np.pi * fraction)) + alpha)
+
+
+def follow_learning_rate(rho_max, rho_min, lr, lr_max, lr_min=0.0):
+    """GSAM's `ρ_t = ρ_min + (ρ_max − ρ_min)(lr_t − lr_min)/(lr_max − lr_min)`."""
+    if lr_max == lr_min:
+        return rho_max
+    return max(rho_min + (rho_max - rho_min) * (lr - lr_min) / (lr_max - lr_min), 0.0)
+
+
+def selected_epsilon(epsilon_fn, selected):
+    """`epsilon_fn` over the weights at positions `selected` only; ε = 0 elsewhere."""
+
+    def epsilon(grads, weights):
+        parts = epsilon_fn([grads[i] for i in selected], [weights[i] for i in selected])
+        eps = [np.zeros_like(w) for w in weights]
+        for i, e in zip(selected, parts):
+            eps[i] = e
+        return eps
+
+    return epsilon
+
+
+def train_gsam(weights, batches, rhos, alpha, learning_rates):
+    """GSAM with SGD over `batches`: `ε = ρ_t g / ‖g‖`, `g_p = ∇L(θ + ε)`,
+    descent `g_p − α (g − (⟨g, g_p⟩ / ‖g_p‖²) g_p)`; `rhos` and
+    `learning_rates` hold one value per update."""
+    weights = [np.array(w, dtype=np.float64) for w in weights]
+    for t, (x, y, sample_weight) in enumerate(batches):
+        _, grads = mlp_loss_and_grads(weights, x, y, sample_weight)
+        eps = sam_epsilon(grads, weights, rhos[t])
+        _, g_p = mlp_loss_and_grads([w + e for w, e in zip(weights, eps)], x, y, sample_weight)
+        squared = sum((p * p).sum() for p in g_p)
+        ratio = 0.0 if squared == 0 else sum((g * p).sum() for g, p in zip(grads, g_p)) / squared
+        descent = [p - alpha * (g - ratio * p) for g, p in zip(grads, g_p)]
+        weights = [w - learning_rates[t] * d for w, d in zip(weights, descent)]
+    return weights

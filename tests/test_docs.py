@@ -1,5 +1,6 @@
 """Every ```python example in the public docstrings runs."""
 
+import pathlib
 import re
 
 import pytest
@@ -10,7 +11,7 @@ PUBLIC = [getattr(keras_tram, name) for name in keras_tram.__all__]
 PUBLIC += [
     keras_tram.geometry.Adaptive, keras_tram.geometry.Fisher,
     keras_tram.radius.TrustRegion, keras_tram.penalty.Penalty,
-    keras_tram.trust_region.NoisedInputs,
+    keras_tram.trust_region.NoisedInputs, keras_tram.schedule.FollowLearningRate,
     keras_tram.analysis.epsilon_sharpness, keras_tram.analysis.StepStatistics,
 ]
 EXAMPLES = [
@@ -21,7 +22,7 @@ EXAMPLES = [
 
 
 def test_there_are_examples():
-    named = {"SAM", "ASAM", "FSAM", "TRAM", "TRPO", "R3F", "MESA", "SharpnessAware",
+    named = {"SAM", "ASAM", "FSAM", "GSAM", "FollowLearningRate", "TRAM", "TRPO", "R3F", "MESA", "SharpnessAware",
              "epsilon_sharpness", "StepStatistics"}
     assert {name for name, _ in EXAMPLES} >= named
 
@@ -31,3 +32,16 @@ def test_docstring_example_runs(name, code):
     import textwrap
 
     exec(compile(textwrap.dedent(code), f"<{name} docstring>", "exec"), {})
+
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+README_EXAMPLES = re.findall(r"<!-- runs as a test -->\n```python\n(.*?)```", README.read_text(), re.S)
+
+
+def test_the_readme_has_runnable_examples():
+    assert README_EXAMPLES
+
+
+@pytest.mark.parametrize("index", range(len(README_EXAMPLES)))
+def test_readme_example_runs(index):
+    exec(compile(README_EXAMPLES[index], f"<README example {index}>", "exec"), {})

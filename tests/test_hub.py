@@ -224,6 +224,45 @@ def test_keras_saving_round_trip(presets, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+# -------------------------------------------------------------------- LoRA
+
+def _reference_copies(task):
+    """The trust-region reference's copies of the weights, if it keeps any."""
+    for piece in (getattr(task, "radius", None), getattr(task, "penalty", None)):
+        copies = getattr(getattr(piece, "reference", None), "copies", None)
+        if copies is not None:
+            return copies
+    return None
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+@pytest.mark.parametrize("method", EVERY_METHOD)
+def test_every_method_trains_lora_adapters(presets, kind, method):
+    """`lora_rank=2`: only the adapters (and the head) train, and a reference
+    copy holds exactly those weights."""
+    task = make_task(presets, kind, method, run_eagerly=True, lora_rank=2)
+    model = getattr(task, "model", task)
+    trainable = model.trainable_variables
+    lora = [v for v in trainable if "lora" in v.name]
+    assert lora and len(lora) < len(trainable) < len(model.weights) / 2
+    before = [np.array(v) for v in trainable]
+    frozen = [np.array(v) for v in model.non_trainable_weights]
+    for _ in range(3):
+        logs = task.train_on_batch(*raw_batch(kind), return_dict=True)
+    assert all(np.isfinite(v) for v in logs.values()), logs
+    moved = [not np.array_equal(a, np.array(v)) for a, v in zip(before, trainable)]
+    assert all(m for m, v in zip(moved, trainable) if "lora_b" in v.name), method
+    assert all(np.array_equal(a, np.array(v)) for a, v in zip(frozen, model.non_trainable_weights))
+    copies = _reference_copies(task)
+    if copies is not None:
+        assert [tuple(c.shape) for c in copies] == [tuple(v.shape) for v in trainable]
+
+
+def test_lora_rank_must_be_a_positive_integer(presets):
+    with pytest.raises(TypeError, match="`lora_rank`"):
+        make_task(presets, "bert", "sam", lora_rank=1.5)
+
+
 # ------------------------------------------------------------------ recipes
 
 

@@ -15,6 +15,7 @@ PRIVATE_KERAS = (
     "keras.src", "_flatten_layers", "_seed_generators", "_losses_override",
     "_compute_loss", "_iterations", "_maybe_symbolic_build", "_symbolic_build",
     "_initial_seed", "_trainable_variables", "_non_trainable_variables", "_loss_tracker",
+    "_learning_rate",
 )
 
 # Lower layers never import higher ones.
@@ -23,7 +24,8 @@ LAYERS = [
     ["keras_tram._trainer"],
     ["keras_tram._step"],
     ["keras_tram.geometry", "keras_tram.radius", "keras_tram.penalty",
-     "keras_tram.trust_region", "keras_tram.reduction"],
+     "keras_tram.trust_region", "keras_tram.reduction", "keras_tram.descent",
+     "keras_tram.selection", "keras_tram.schedule", "keras_tram.reuse"],
 ]
 
 

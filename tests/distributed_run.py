@@ -35,7 +35,7 @@ from conftest import make_data  # noqa: E402
 from conftest import make_mlp  # noqa: E402
 
 METHODS = [
-    ("sam", None), ("asam", None), ("fsam", None),
+    ("sam", None), ("asam", None), ("fsam", None), ("gsam", None),
     ("tram", "previous_step"), ("tram", "pretrained"), ("tram", "input_noise"),
     ("tram", "fisher"), ("trpo", None), ("r3f", None), ("mesa", None),
 ]

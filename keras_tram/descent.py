@@ -15,6 +15,8 @@ from `g` and `g_p`:
 import keras
 from keras import ops
 
+from keras_tram import _backend
+from keras_tram import geometry
 from keras_tram._config import Configurable
 from keras_tram._validation import check_non_negative
 
@@ -50,16 +52,24 @@ class SurrogateGap(Descent):
         self.alpha = check_non_negative("alpha", alpha)
 
     def combine(self, clean, perturbed, g, g_p):
-        inner = ops.sum(ops.stack([ops.sum(a * b) for a, b in zip(g, g_p)]))
-        squared = ops.sum(ops.stack([ops.sum(ops.square(b)) for b in g_p]))
+        g = [ops.convert_to_tensor(t) for t in g]
+        g_p = [ops.convert_to_tensor(t) for t in g_p]
+        inner = ops.sum(ops.stack([ops.sum(t) for t in _backend.multiply(g, g_p)]))
+        squared = ops.square(geometry.global_norm(g_p))
         positive = ops.greater(squared, 0.0)
         ratio = ops.where(positive, inner / ops.where(positive, squared, 1.0), 0.0)
-        combined = []
-        for c, p in zip(clean, perturbed):
-            p = ops.convert_to_tensor(p)
-            orthogonal = ops.subtract(ops.cast(c, p.dtype), ops.cast(ratio, p.dtype) * p)
-            combined.append(p - ops.cast(self.alpha, p.dtype) * orthogonal)
-        return combined
+        # g_p − α (c − r g_p) = (1 + α r) g_p − α c: two fused calls on torch.
+        perturbed = [ops.convert_to_tensor(p) for p in perturbed]
+        clean = [ops.convert_to_tensor(c) for c in clean]
+        if not all(p.dtype == c.dtype == perturbed[0].dtype for p, c in zip(perturbed, clean)):
+            return [
+                ops.subtract(p, ops.cast(self.alpha, p.dtype) * ops.subtract(
+                    ops.cast(c, p.dtype), ops.cast(ratio, p.dtype) * p))
+                for c, p in zip(clean, perturbed)
+            ]
+        dtype = perturbed[0].dtype
+        grown = _backend.scale(perturbed, ops.cast(1.0 + self.alpha * ratio, dtype))
+        return _backend.add_scaled(grown, clean, ops.cast(-self.alpha, dtype))
 
     def get_config(self):
         return {"alpha": self.alpha}

@@ -1,0 +1,35 @@
+"""The benchmark scripts that cannot run in full here: the accelerator check
+on a machine without one, and the full-size benchmark's arguments."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_the_accelerator_check_reports_no_accelerator(tmp_path):
+    report = tmp_path / "report.md"
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATOR_CHECK_ON_CPU"}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "accelerator_check.sh"), str(tmp_path / "wheels"),
+         str(report)],
+        env={**env, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report.read_text().strip() == "no accelerator"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--models", "gpt3"], "unknown models or methods ['gpt3']"),
+    (["--methods", "plain,adamw"], "unknown models or methods ['adamw']"),
+])
+def test_the_full_size_benchmark_rejects_unknown_names(arguments, message):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "full_size.py"), *arguments],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and message in done.stderr

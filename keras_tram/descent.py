@@ -52,8 +52,7 @@ class SurrogateGap(Descent):
         self.alpha = check_non_negative("alpha", alpha)
 
     def combine(self, clean, perturbed, g, g_p):
-        g = [ops.convert_to_tensor(t) for t in g]
-        g_p = [ops.convert_to_tensor(t) for t in g_p]
+        g, g_p = geometry.as_float32(g), geometry.as_float32(g_p)
         inner = ops.sum(ops.stack([ops.sum(t) for t in _backend.multiply(g, g_p)]))
         squared = ops.square(geometry.global_norm(g_p))
         positive = ops.greater(squared, 0.0)

@@ -105,6 +105,21 @@ def slow_convolutions_in_branches(model):
     return any(isinstance(layer, convolutions) for layer in _compat.layers_of(model))
 
 
+def dynamic_shapes(model):
+    """Whether a step of `model` (compiled) may make tensors whose shape
+    depends on values (the rows an embedding lookup touched): on torch, and
+    on TensorFlow without XLA; not under XLA (JAX, `jit_compile`, TPUs),
+    whose shapes are static."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return True
+    if backend != "tensorflow" or model.jit_compile:
+        return False
+    import tensorflow as tf
+
+    return not isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
+
+
 def add_scaled(tensors, others, scale):
     """`[t + scale · o]` for two lists of tensors and a float32 scalar tensor,
     each sum in the dtype of `t`; on torch two fused calls for the whole

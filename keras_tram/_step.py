@@ -17,6 +17,7 @@ from keras_tram import _backend
 from keras_tram import _batch
 from keras_tram import _compat
 from keras_tram import _noise
+from keras_tram import _perturbed
 from keras_tram import _reusing
 from keras_tram import geometry as geometry_lib
 from keras_tram import radius as radius_lib
@@ -71,9 +72,9 @@ class Algorithm:
             as for `SharpnessAware`.
         seed_generator: the generator input noise is drawn from, if any
             piece draws noise.
-        perturbed: the positions of the trainable weights the geometry
-            perturbs (`keras_tram.selection`), or None for all of them; set
-            with `select` when the wrapper is built.
+        perturbation: a `_perturbed.Perturbation`: which trainable weights
+            the geometry perturbs (`keras_tram.selection`) and which of them
+            are embedding tables; set with `select` when the wrapper is built.
     """
 
     def __init__(self, model, geometry, radius, penalty, ascent_noise, perturbation_scope,
@@ -81,7 +82,7 @@ class Algorithm:
                  reuse=None, descent=None):
         self.model = model
         self.descent = descent
-        self.perturbed = None
+        self.perturbation = _perturbed.Perturbation()
         self.reuse = reuse_lib.Reuse() if reuse is None else reuse
         self.geometry = geometry
         self.radius = radius
@@ -118,8 +119,11 @@ class Algorithm:
         )
 
     def select(self, positions):
-        """Perturb only the trainable weights at `positions` (None: all)."""
-        self.perturbed = None if positions is None else tuple(positions)
+        """Perturb only the trainable weights at `positions` (None: all);
+        embedding tables among them on the rows a batch looks up."""
+        self.perturbation = _perturbed.Perturbation(
+            positions, _perturbed.tables(self.model, positions)
+        )
 
     @staticmethod
     def uses_noise(radius, penalty, ascent_noise):
@@ -266,21 +270,14 @@ class Algorithm:
         kept, step.statistics = step.statistics, {}
         radius = ops.cast(self.radius(step), "float32")
         step.statistics["radius"] = radius
-        if self.perturbed is None:
-            epsilon = self.geometry.perturbation(step.grads, step.weights, radius, step.grad_norm)
-            perturbed = _backend.add(step.weights, epsilon)
-        else:
-            # Left-out weights: ε = 0, and out of every norm of the geometry.
-            grads = [step.grads[i] for i in self.perturbed]
-            weights = [step.weights[i] for i in self.perturbed]
-            epsilon = self.geometry.perturbation(grads, weights, radius)
-            perturbed = list(step.weights)
-            for i, moved in zip(self.perturbed, _backend.add(weights, epsilon)):
-                perturbed[i] = moved
+        perturbed, epsilon_norm = self.perturbation.apply(
+            self.geometry, step.grads, step.weights, radius, step.grad_norm,
+            row_wise=_backend.dynamic_shapes(self.model), norm=self.log_relative_perturbation,
+        )
         if self.log_relative_perturbation:
-            step.statistics["relative_perturbation"] = geometry_lib.global_norm(
-                epsilon
-            ) * geometry_lib.safe_reciprocal(geometry_lib.global_norm(step.weights))
+            step.statistics["relative_perturbation"] = epsilon_norm * geometry_lib.safe_reciprocal(
+                geometry_lib.global_norm(step.weights)
+            )
         statistics, step.statistics = step.statistics, kept
         statistics = {name: ops.cast(value, "float32") for name, value in statistics.items()}
         return grad_fn(perturbed, at_step_weights=False)[1], statistics

@@ -56,7 +56,14 @@ def as_dtype(tensor, dtype):
 
 
 class Geometry(Configurable):
-    """Base class: subclasses implement `perturbation(grads, weights, radius)`."""
+    """Base class: subclasses implement `perturbation(grads, weights, radius)`.
+
+    A subclass whose `ε` is 0 wherever the gradient is, and whose norms
+    take nothing from there, sets `zero_with_gradient = True`: an embedding
+    table is then perturbed on the rows the batch looked up only.
+    """
+
+    zero_with_gradient = False
 
     def perturbation(self, grads, weights, radius, grad_norm=None):
         """Returns `ε` as float32 tensors matching `grads`.
@@ -69,6 +76,8 @@ class Geometry(Configurable):
 @keras.saving.register_keras_serializable(package="keras_tram")
 class Euclidean(Geometry):
     """SAM's ball (Foret et al., 2021): `u = g / ‖g‖`."""
+
+    zero_with_gradient = True
 
     def perturbation(self, grads, weights, radius, grad_norm=None):
         grads = as_float32(grads)
@@ -87,6 +96,8 @@ class Adaptive(Geometry):
     Args:
         eta: non-negative offset added to `|θ|`, so zero weights still move.
     """
+
+    zero_with_gradient = True
 
     def __init__(self, eta=0.0):
         self.eta = check_non_negative("eta", eta)
@@ -115,6 +126,8 @@ class Fisher(Geometry):
     Args:
         eta: a finite number >= 0 weighting the Fisher estimate.
     """
+
+    zero_with_gradient = True
 
     def __init__(self, eta=0.1):
         self.eta = check_non_negative("eta", eta)

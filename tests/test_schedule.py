@@ -165,7 +165,7 @@ def test_config_and_keras_file_round_trip(make, tmp_path):
     wrapped.save(path)
     loaded = keras.saving.load_model(path)
     assert own(loaded.get_config()) == own(config)
-    assert loaded._algorithm.perturbed == wrapped._algorithm.perturbed
+    assert loaded._algorithm.perturbation.perturbed == wrapped._algorithm.perturbation.perturbed
     assert repr(loaded.radius) == repr(wrapped.radius)
 
 
@@ -176,7 +176,7 @@ def test_a_callable_selection_round_trips_through_a_keras_file(tmp_path):
     path = str(tmp_path / "wrapped.keras")
     wrapped.save(path)
     loaded = keras.saving.load_model(path, custom_objects={"_kernels": _kernels})
-    assert loaded._algorithm.perturbed == (0, 2)
+    assert loaded._algorithm.perturbation.perturbed == (0, 2)
 
 
 def _kernels(variable):
@@ -207,7 +207,7 @@ def test_perturb_selects_the_weights_of_the_closed_form(name, method, mode):
         "sam": lambda: keras_tram.SAM(model, rho=0.3, perturb=perturb),
         "asam": lambda: keras_tram.ASAM(model, rho=0.5, eta=0.1, perturb=perturb),
     }[method]()
-    assert wrapped._algorithm.perturbed == tuple(selected)
+    assert wrapped._algorithm.perturbation.perturbed == tuple(selected)
     history = _fit(wrapped, x, y, mode=mode)
     epsilon = {
         "sam": lambda g, w: reference.sam_epsilon(g, w, 0.3),
@@ -270,7 +270,7 @@ def test_norm_only_is_sam_on():
     on that scale alone, with the SAM radius in full."""
     model = _normalized_model()
     wrapped = keras_tram.SAM(model, rho=0.2, perturb="norm_only")
-    selected = wrapped._algorithm.perturbed
+    selected = wrapped._algorithm.perturbation.perturbed
     norms = [i for i, v in enumerate(model.trainable_variables)
              if v.path.split("/")[-2].endswith("norm")]
     assert selected == tuple(norms)

@@ -68,6 +68,12 @@ def divergence(reference, current, kind="kl", sample_weight=None, from_logits=Tr
 def pointwise_divergence(reference, current, kind="kl", from_logits=True):
     """The divergence at each position, summed over the classes (the last axis)."""
     check_choice("divergence", kind, DIVERGENCES)
+    if from_logits and kind == "kl":
+        return _kl_of_logits(reference, current)
+    if from_logits and kind == "reverse_kl":
+        return _kl_of_logits(current, reference)
+    if from_logits:
+        return _kl_of_logits(reference, current) + _kl_of_logits(current, reference)
     log_p = _log_probabilities(reference, from_logits)
     log_q = _log_probabilities(current, from_logits)
     if kind == "kl":
@@ -77,6 +83,28 @@ def pointwise_divergence(reference, current, kind="kl", from_logits=True):
     else:
         pointwise = (ops.exp(log_p) - ops.exp(log_q)) * (log_p - log_q)
     return ops.sum(pointwise, axis=-1)
+
+
+def _kl_of_logits(z, y):
+    """`KL(softmax(z) ‖ softmax(y))` at each position, in float32, as
+    `Σ p (z − y) − (max z − max y) − (log s_z − log s_y)` with
+    `p = softmax(z)` and `s_z = Σ exp(z − max z)`.
+
+    Every term is computed at the size of the differences, not of the
+    logits, and at most two tensors of the logits' size are alive at once
+    (shifted logits and their exponential while `s` is summed; then `p` and
+    `z − y`), where `log p`, `log q`, `p`, `log p − log q` and its product
+    with `p` all were: five `(batch, time, vocabulary)` tensors for a
+    language model."""
+    z, y = ops.cast(z, "float32"), ops.cast(y, "float32")
+    max_z, max_y = ops.max(z, axis=-1), ops.max(y, axis=-1)
+    log_s_z, log_s_y = (
+        ops.log(ops.sum(ops.exp(t - ops.expand_dims(m, -1)), axis=-1))
+        for t, m in ((z, max_z), (y, max_y))
+    )
+    p = ops.softmax(z, axis=-1)
+    cross = ops.einsum("...v,...v->...", p, z - y)
+    return cross - (max_z - max_y) - (log_s_z - log_s_y)
 
 
 def _classes(outputs):

@@ -10,10 +10,10 @@ import keras_tram
 from keras_tram import _backend
 from keras_tram import _perturbed
 from keras_tram import geometry
-from tests.conftest import BACKEND
-from tests.conftest import EXECUTION_MODES
-from tests.conftest import assert_weights
-from tests.conftest import cross_entropy
+from conftest import BACKEND
+from conftest import EXECUTION_MODES
+from conftest import assert_weights
+from conftest import cross_entropy
 
 VOCABULARY, WIDTH, LENGTH, CLASSES = 40, 3, 5, 3
 LEARNING_RATE = 0.5

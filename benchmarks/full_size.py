@@ -2,7 +2,8 @@
 
     python benchmarks/full_size.py --backend jax --models gpt2,xlmr [--lora]
         [--methods plain,sam,...] [--repeats 2] [--steps 2] [--batch 1x8]
-        [--dtype-policy mixed_bfloat16] [--output results] [--readme FILE]
+        [--dtype-policy mixed_bfloat16] [--huge-pages] [--output results]
+        [--readme FILE]
 
 The models are built from keras-hub classes with the architecture numbers of
 the presets `gpt2_base_en` (124M weights), `xlm_roberta_base_multi` (278M,
@@ -17,6 +18,13 @@ Memory: `peak MB` is the process's peak resident memory (peak device memory
 on an accelerator) minus its resident memory before the first step (the
 model, its weights and the libraries); `over plain` is that peak less the
 plain step's, in copies of the trainable weights (float32).
+
+`--huge-pages` runs every process with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
+(glibc >= 2.35, Linux with transparent huge pages in `madvise` mode): the
+buffers of a step, hundreds of MB each at this size, are then faulted in 2 MB
+pages rather than 4 kB ones. On a CPU at a small batch much of a step is the
+kernel faulting in the fresh pages of those buffers (system time), and a
+sharpness-aware step makes more of them than a plain one; see docs/cost.md.
 """
 
 import argparse
@@ -155,8 +163,22 @@ def worker(options):
     }))
 
 
-def run_worker(backend, options, timeout):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+
+def worker_environment(backend, huge_pages=False, environ=os.environ):
+    """The environment of a worker process: the backend, and with
+    `huge_pages` glibc's huge-page tunable added to any the user set."""
+    env = {**environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if huge_pages:
+        env["GLIBC_TUNABLES"] = ":".join(
+            t for t in (env.get("GLIBC_TUNABLES"), HUGE_PAGES) if t
+        )
+    return env
+
+
+def run_worker(backend, options, timeout, huge_pages=False):
+    env = worker_environment(backend, huge_pages)
     process = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(options)],
         env=env, capture_output=True, text=True, timeout=timeout,
@@ -172,7 +194,8 @@ def table(results, backend, models, methods, batches, command, lora):
     import keras
 
     lines = [
-        f"`{command}` on {_machine()} (keras {keras.__version__}, KERAS_BACKEND={backend}). "
+        f"`{command}` on {_machine()} (keras {keras.__version__}, {backend} "
+        f"{_version(backend)}). "
         "Seconds per step: the fastest step after the first of the fastest round; ratios to "
         "the plain step and to SAM of the same run; `peak MB`: the peak the steps add to the "
         "process; `over plain`: that peak less plain's, in float32 copies of the trainable "
@@ -203,6 +226,12 @@ def table(results, backend, models, methods, batches, command, lora):
                          f"{ratio('sam')} | {row['peak_mb']:.0f} | {over} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _version(backend):
+    from importlib import metadata
+
+    return metadata.version(backend)  # the backends' distributions have their names
 
 
 def _machine():
@@ -239,6 +268,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--lora", action="store_true", help=f"enable_lora({LORA_RANK}) first")
     parser.add_argument("--dtype-policy", default=None)
+    parser.add_argument("--huge-pages", action="store_true",
+                        help=f"run every process with GLIBC_TUNABLES={HUGE_PAGES}")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per process")
     parser.add_argument("--output", help="write OUTPUT.md and OUTPUT.json")
     parser.add_argument("--readme", help="replace the table between two markers of this file")
@@ -266,7 +297,7 @@ def main(argv=None):
                 options = dict(model=name, method=method, batch=batches[name],
                                steps=args.steps, lora=args.lora,
                                dtype_policy=args.dtype_policy)
-                result = run_worker(args.backend, options, args.timeout)
+                result = run_worker(args.backend, options, args.timeout, args.huge_pages)
                 kept = results[name].get(method)
                 if kept is None or result["seconds"] < kept["seconds"]:
                     # The fastest round's time; the peak is the lowest seen.

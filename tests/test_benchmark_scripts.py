@@ -33,3 +33,17 @@ def test_the_full_size_benchmark_rejects_unknown_names(arguments, message):
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2 and message in done.stderr
+
+
+def test_huge_pages_are_added_to_the_tunables_a_user_set():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import full_size
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    plain = full_size.worker_environment("torch", environ={"A": "1"})
+    assert plain["KERAS_BACKEND"] == "torch" and "GLIBC_TUNABLES" not in plain
+    assert full_size.worker_environment("jax", True, {})["GLIBC_TUNABLES"] == (
+        "glibc.malloc.hugetlb=1")
+    mine = full_size.worker_environment("jax", True, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert mine["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"

@@ -116,6 +116,35 @@ def test_a_non_finite_batch_changes_nothing_and_is_counted(name):
         np.testing.assert_allclose(actual, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["sam", "tram_previous_step"])
+def test_a_non_finite_batch_changes_nothing_in_a_convolutional_model(name):
+    """As above for a model with convolutions, whose step (under XLA on a
+    CPU) selects the update rather than branching to it."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(12, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, 12)
+    poisoned = x.copy()
+    poisoned[4:8, 0, 0] = np.nan  # the second of three batches
+    make = {"sam": lambda m: keras_tram.SAM(m, rho=0.1),
+            "tram_previous_step": ALL_METHODS["tram_previous_step"]}
+    runs = []
+    for inputs, labels in ((poisoned, y), (np.delete(x, np.s_[4:8], 0),
+                                           np.delete(y, np.s_[4:8]))):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((6, 2)), keras.layers.Conv1D(3, 3, activation="tanh"),
+            keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3),
+        ])
+        wrapped = make[name](model)
+        wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+        history = wrapped.fit(inputs, labels, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        runs.append((history.history, _state(wrapped)))
+    (poisoned_history, poisoned_state), (_, clean_state) = runs
+    assert poisoned_history["skipped_steps"] == [1.0, 1.0]
+    for actual, want in zip(poisoned_state, clean_state):
+        np.testing.assert_allclose(actual, want, rtol=1e-6, atol=1e-7)
+
+
 def test_an_overflowing_perturbation_is_skipped():
     """A finite first gradient whose perturbed pass overflows: the second
     gradient is not finite, the step is skipped and counted, and no

@@ -102,10 +102,11 @@ def tables(model, positions=None):
     zero on the rows a batch does not look up."""
     ids = {
         id(layer.embeddings) for layer in _compat.layers_of(model)
-        if isinstance(layer, keras.layers.Embedding) and layer.built and isinstance(layer.embeddings, keras.Variable)
+        if isinstance(layer, keras.layers.Embedding) and layer.built
+        # With LoRA, `embeddings` is the frozen table plus a product.
+        and isinstance(layer.embeddings, keras.Variable)
     }
     variables = model.trainable_variables
     if positions is not None:
         variables = [variables[i] for i in positions]
     return [j for j, v in enumerate(variables) if id(v) in ids and len(v.shape) == 2]
-

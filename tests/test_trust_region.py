@@ -346,12 +346,14 @@ def test_the_kl_of_close_language_model_logits_is_accurate(offset, noise):
     np.testing.assert_allclose(actual, _float64_kl(z, y), rtol=0, atol=5e-7)
 
 
+@pytest.mark.parametrize("vocabulary", [6, 2000])
 @pytest.mark.parametrize("kind", ["kl", "reverse_kl", "symmetric_kl"])
-def test_the_gradient_of_the_divergence_matches_closed_form(kind):
+def test_the_gradient_of_the_divergence_matches_closed_form(kind, vocabulary):
     # What TRPO, R3F and MESA descend: d/dy of KL(softmax(z) ‖ softmax(y)) is
-    # softmax(y) − softmax(z), summed over positions / count.
+    # softmax(y) − softmax(z), summed over positions / count. A vocabulary of
+    # 2,000 is taken in pieces.
     rng = np.random.default_rng(4)
-    z, y = rng.normal(size=(2, 3, 4, 6))
+    z, y = rng.normal(size=(2, 3, 4, vocabulary))
     p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
     q = np.exp(y) / np.exp(y).sum(-1, keepdims=True)
     log_ratio = np.log(q) - np.log(p)
@@ -383,15 +385,18 @@ def _gradient(fn, x):
     return x.grad.numpy()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", ["kl", "reverse_kl", "symmetric_kl"])
-def test_the_kl_of_logits_keeps_at_most_two_tensors_of_their_size(kind):
+def test_the_kl_of_logits_keeps_less_than_one_tensor_of_their_size(kind, dtype):
     """A language model's logits are `(batch, time, vocabulary)`: for GPT-2
-    at 8 × 128, 206 MB each. The divergence keeps at most two such tensors
-    alive at once (it used to keep five)."""
-    shape = (2, 3, 1000)
-    size = int(np.prod(shape)) * 4
+    at 8 × 128, 206 MB each. Besides the logits themselves, what the
+    divergence keeps alive at once stays under one tensor of their size in
+    float32 (it used to be five), bfloat16 logits included."""
+    shape = (2, 3, 4096)
+    size = int(np.prod(shape)) * 4  # bytes of one float32 tensor of that shape
     rng = np.random.default_rng(0)
-    z, y = (rng.normal(size=shape).astype("float32") for _ in range(2))
+    z, y = (keras.ops.convert_to_numpy(keras.ops.cast(rng.normal(size=shape), dtype))
+            for _ in range(2))
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -399,28 +404,29 @@ def test_the_kl_of_logits_keeps_at_most_two_tensors_of_their_size(kind):
         compiled = jax.jit(
             lambda a, b: keras_tram.trust_region.divergence(a, b, kind)
         ).lower(z, y).compile()
-        # Under XLA: temporaries, one per softmax taken (two for symmetric_kl).
-        softmaxes = 2 if kind == "symmetric_kl" else 1
-        assert compiled.memory_analysis().temp_size_in_bytes <= softmaxes * size * 1.05
+        assert compiled.memory_analysis().temp_size_in_bytes <= size
     elif backend == "tensorflow":
         import tensorflow as tf
 
         graph = tf.function(
             lambda a, b: keras_tram.trust_region.divergence(a, b, kind)
-        ).get_concrete_function(tf.TensorSpec(shape), tf.TensorSpec(shape)).graph
-        formed = [op.type for op in graph.get_operations() if op.type != "Placeholder"
-                  and any(o.shape.num_elements() == np.prod(shape) for o in op.outputs)]
-        # Per KL: each logits shifted and their exponential (summed at
-        # once), then `p` and `z − y` (contracted at once).
-        assert sorted(formed) == sorted(["Sub", "Exp", "Sub", "Exp", "Softmax", "Sub"] * (
-            2 if kind == "symmetric_kl" else 1))
+        ).get_concrete_function(
+            tf.TensorSpec(shape, dtype), tf.TensorSpec(shape, dtype)).graph
+        sizes = [o.shape.num_elements() * o.dtype.size
+                 for op in graph.get_operations() if op.type != "Placeholder"
+                 for o in op.outputs]
+        assert max(sizes) > size / 16  # the pieces are in the graph
+        # Each op's output is at most an eighth: the four a piece keeps alive
+        # at once (`z` and `y` of it, `e`, `z − y`), even with the executor
+        # running two pieces side by side, stay within one.
+        assert max(sizes) <= size / 8
     else:
         import weakref
 
         import torch
         from torch.utils._python_dispatch import TorchDispatchMode
 
-        z, y = torch.from_numpy(z), torch.from_numpy(y)
+        z, y = (torch.from_numpy(t.astype("float32")).to(getattr(torch, dtype)) for t in (z, y))
         inputs = {z.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}
 
         class Alive(TorchDispatchMode):
@@ -429,14 +435,15 @@ def test_the_kl_of_logits_keeps_at_most_two_tensors_of_their_size(kind):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 for t in out if isinstance(out, (list, tuple)) else [out]:
-                    if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= size:
+                    if isinstance(t, torch.Tensor):
                         self.refs.append(weakref.ref(t))
-                alive = {r().untyped_storage().data_ptr() for r in self.refs
-                         if r() is not None} - inputs
-                self.peak = max(self.peak, len(alive))
+                alive = {r().untyped_storage().data_ptr(): r().untyped_storage().nbytes()
+                         for r in self.refs if r() is not None}
+                self.peak = max(self.peak, sum(
+                    n for ptr, n in alive.items() if ptr not in inputs))
                 return out
 
         with Alive() as alive:
             keras_tram.trust_region.divergence(z, y, kind)
-        assert alive.refs  # the mode saw the step's tensors
-        assert alive.peak <= 2
+        assert alive.peak > size / 16  # the mode saw the pieces
+        assert alive.peak <= size

@@ -26,7 +26,7 @@ LAYERS = [
     ["keras_tram.geometry", "keras_tram.radius", "keras_tram.penalty",
      "keras_tram.trust_region", "keras_tram.reduction", "keras_tram.descent",
      "keras_tram.selection", "keras_tram.schedule", "keras_tram.reuse",
-     "keras_tram._perturbed"],
+     "keras_tram._perturbed", "keras_tram._logits_kl"],
 ]
 
 

@@ -19,9 +19,9 @@ import keras
 from keras import ops
 
 from keras_tram import _backend
-from keras_tram._logits_kl import kl_of_logits as _kl_of_logits
 from keras_tram import reduction as reduction_lib
 from keras_tram._config import Component
+from keras_tram._logits_kl import kl_of_logits as _kl_of_logits
 from keras_tram._validation import check_choice
 from keras_tram._validation import check_instance
 from keras_tram._validation import check_non_negative

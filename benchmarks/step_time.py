@@ -19,7 +19,7 @@ optimizer slots, the method's own copies), in copies of the trainable weights;
 (from a second process per pair, run after all the timed ones, with glibc's
 mmap threshold lowered so that freed buffers leave the process; Linux only).
 
-The Markdown tables go to `--output` (default `benchmarks/results.md`) and,
+The Markdown tables go to `--output` (default `benchmarks/results/results.md`) and,
 with `--readme`, replace the part of that file between the two
 `<!-- step-time -->` markers (`<!-- SECTION -->` with `--section`).
 
@@ -287,7 +287,7 @@ def main():
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--memory-jobs", type=int, default=2,
                         help="memory runs at a time (after every timed run)")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__),
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "results.md"))
     parser.add_argument("--readme", help="a file whose step-time part is replaced")
     parser.add_argument("--section", default="step-time",

@@ -28,9 +28,9 @@ from _common import recipe_for
 from _common import report
 from _common import tiny_folder
 
-from keras_tram import datasets
-from keras_tram import recipes
-from keras_tram import tiny
+from keras_tram.experiments import datasets
+from keras_tram.experiments import recipes
+from keras_tram.experiments import tiny
 
 
 def read_folder(folder, image_size):

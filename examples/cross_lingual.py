@@ -39,10 +39,10 @@ from _common import recipe_for
 from _common import report
 from _common import tiny_folder
 
-from keras_tram import datasets
-from keras_tram import pretraining
-from keras_tram import recipes
-from keras_tram import tiny
+from keras_tram.experiments import datasets
+from keras_tram.experiments import pretraining
+from keras_tram.experiments import recipes
+from keras_tram.experiments import tiny
 
 XNLI_LANGUAGES = ("en", "fr", "es", "de", "el", "bg", "ru", "tr", "ar", "vi", "th", "zh",
                   "hi", "sw", "ur")

@@ -31,9 +31,9 @@ from _common import parser
 from _common import recipe_for
 from _common import report
 
-from keras_tram import datasets
-from keras_tram import pretraining
-from keras_tram import recipes
+from keras_tram.experiments import datasets
+from keras_tram.experiments import pretraining
+from keras_tram.experiments import recipes
 
 # The tiny GPT-2 of `--tiny`, and the Wikipedia documents it is pre-trained on
 # (the others are the Wikipedia domain it is evaluated on).

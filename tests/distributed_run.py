@@ -28,6 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_tram  # noqa: E402
+import keras_tram._ops.backend  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import cross_entropy  # noqa: E402
@@ -121,7 +122,7 @@ def train(method, variant, distributed, data=None, **options):
 
 def replicas():
     with two_devices():
-        return keras_tram._backend.replica_count() if BACKEND == "jax" else (
+        return keras_tram._ops.backend.replica_count() if BACKEND == "jax" else (
             _STRATEGY[0].num_replicas_in_sync
         )
 

@@ -44,7 +44,7 @@ METHODS = {
     "mesa": lambda m: keras_tram.MESA(m, decay=0.9, weight=0.5),
     "asam_trpo_chunks": lambda m: keras_tram.SharpnessAware(
         m, keras_tram.geometry.Adaptive(0.0), keras_tram.radius.Constant(0.3),
-        penalty=keras_tram.penalty.Penalty(keras_tram.trust_region.PreviousWeights(), 0.5),
+        penalty=keras_tram.penalty.Penalty(keras_tram.references.PreviousWeights(), 0.5),
         perturbation_chunks=2,
     ),
 }

@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tram.demo import catalog
-from keras_tram.demo import digits
-from keras_tram.demo import lm
-from keras_tram.demo import statistics
+from keras_tram.experiments.demo import catalog
+from keras_tram.experiments.demo import digits
+from keras_tram.experiments.demo import lm
+from keras_tram.experiments.demo import intervals
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "keras-tram")
 BACKEND = keras.backend.backend()
@@ -207,16 +207,16 @@ def test_demo_bad_arguments_give_one_line_and_exit_code_2(tmp_path, arguments, m
 def test_t_quantiles_and_paired_intervals_match_scipy():
     from scipy import stats as scipy_stats  # scikit-learn's, in the dev extra
     for df in [*range(1, 40), 50, 100, 1000]:
-        assert statistics.t_quantile(df) == pytest.approx(scipy_stats.t.ppf(0.975, df),
+        assert intervals.t_quantile(df) == pytest.approx(scipy_stats.t.ppf(0.975, df),
                                                           abs=1e-4)
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(2, 5))
     low, high = scipy_stats.t.interval(0.95, 4, loc=np.mean(a - b),
                                        scale=scipy_stats.sem(a - b))
-    paired = statistics.paired(a, b)
+    paired = intervals.paired(a, b)
     assert (paired["low"], paired["high"]) == pytest.approx((low, high), abs=1e-4)
     with pytest.raises(ValueError, match="at least 2 seeds"):
-        statistics.paired([1.0], [0.5])
+        intervals.paired([1.0], [0.5])
 
 
 def test_the_catalog_names_only_methods_the_package_has():
@@ -232,7 +232,7 @@ def test_the_catalog_names_only_methods_the_package_has():
 
 
 def test_token_blocks_cut_the_joined_documents_into_next_token_pairs():
-    from keras_tram import pretraining
+    from keras_tram.experiments import pretraining
 
     blocks = pretraining.token_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 3, separator=0)
     stream = [1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 0]  # 12 tokens: 3 blocks of 3 + 1

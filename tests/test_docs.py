@@ -11,7 +11,7 @@ PUBLIC = [getattr(keras_tram, name) for name in keras_tram.__all__]
 PUBLIC += [
     keras_tram.geometry.Adaptive, keras_tram.geometry.Fisher,
     keras_tram.radius.TrustRegion, keras_tram.penalty.Penalty,
-    keras_tram.trust_region.NoisedInputs, keras_tram.schedule.FollowLearningRate,
+    keras_tram.references.NoisedInputs, keras_tram.schedule.FollowLearningRate,
     keras_tram.analysis.epsilon_sharpness, keras_tram.analysis.StepStatistics,
 ]
 EXAMPLES = [
@@ -22,8 +22,8 @@ EXAMPLES = [
 
 
 def test_there_are_examples():
-    named = {"SAM", "ASAM", "FSAM", "GSAM", "FollowLearningRate", "TRAM", "TRPO", "R3F", "MESA", "SharpnessAware",
-             "epsilon_sharpness", "StepStatistics"}
+    named = {"SAM", "ASAM", "FSAM", "GSAM", "FollowLearningRate", "TRAM", "TRAMFisher", "TRPO",
+             "R3F", "MESA", "SharpnessAware", "epsilon_sharpness", "StepStatistics"}
     assert {name for name, _ in EXAMPLES} >= named
 
 
@@ -34,14 +34,21 @@ def test_docstring_example_runs(name, code):
     exec(compile(textwrap.dedent(code), f"<{name} docstring>", "exec"), {})
 
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-README_EXAMPLES = re.findall(r"<!-- runs as a test -->\n```python\n(.*?)```", README.read_text(), re.S)
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGE_EXAMPLES = [
+    (f"{page.relative_to(ROOT)}[{i}]", code)
+    for page in PAGES
+    for i, code in enumerate(
+        re.findall(r"<!-- runs as a test -->\n```python\n(.*?)```", page.read_text(), re.S)
+    )
+]
 
 
-def test_the_readme_has_runnable_examples():
-    assert README_EXAMPLES
+def test_the_docs_have_runnable_examples():
+    assert {name.split("[")[0] for name, _ in PAGE_EXAMPLES} >= {"docs/options.md"}
 
 
-@pytest.mark.parametrize("index", range(len(README_EXAMPLES)))
-def test_readme_example_runs(index):
-    exec(compile(README_EXAMPLES[index], f"<README example {index}>", "exec"), {})
+@pytest.mark.parametrize("name, code", PAGE_EXAMPLES, ids=[name for name, _ in PAGE_EXAMPLES])
+def test_page_example_runs(name, code):
+    exec(compile(code, f"<{name}>", "exec"), {})

@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import keras_tram
-from keras_tram.trust_region import DIVERGENCES
+from keras_tram.pieces.divergences import DIVERGENCES
 
 NON_NEGATIVE = st.floats(0.0, 2.0)
 BAD_NUMBER = st.one_of(

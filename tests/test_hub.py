@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import keras_tram
-from keras_tram import _noise
-from keras_tram import recipes
-from keras_tram import tiny
+from keras_tram._step import noise as _noise
+from keras_tram.experiments import recipes
+from keras_tram.experiments import tiny
 
 
 

@@ -11,7 +11,7 @@ from conftest import make_mlp
 from conftest import STEPS
 
 import keras_tram
-from keras_tram import _noise
+from keras_tram._step import noise as _noise
 import reference
 
 

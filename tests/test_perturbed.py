@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import keras_tram
-from keras_tram import _backend
-from keras_tram import _perturbed
-from keras_tram import geometry
+from keras_tram._ops import backend as _backend
+from keras_tram._step import perturbation as _perturbed
+from keras_tram.pieces import geometry
 from conftest import BACKEND
 from conftest import EXECUTION_MODES
 from conftest import assert_weights

@@ -211,7 +211,7 @@ def test_tram_fisher_steps_in_between_take_the_clean_gradient():
 def test_a_convolutional_model_reuses_the_same_way_in_every_execution_mode():
     """Under XLA on a CPU, where a convolution inside a `cond` runs as plain
     loops, both kinds of step run and one is selected: the same weights."""
-    from keras_tram import _backend
+    from keras_tram._ops import backend as _backend
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 6, 2)).astype("float32")

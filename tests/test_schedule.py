@@ -16,7 +16,7 @@ from conftest import STEPS
 
 import keras_tram
 import reference
-from keras_tram import schedule
+from keras_tram.pieces import schedule
 
 LEARNING_RATE = 0.2
 BATCH = 4  # 16 examples: 4 updates an epoch
@@ -132,7 +132,7 @@ def test_tram_scheduled_radius_scale_and_max_radius_match_closed_form(mode):
 
 def test_a_negative_divergence_is_clipped_to_zero():
     """Rounding can take a KL just below 0; it must not become the radius."""
-    radius = keras_tram.radius.TrustRegion(keras_tram.trust_region.PreviousWeights())
+    radius = keras_tram.radius.TrustRegion(keras_tram.references.PreviousWeights())
     radius.measure = lambda *args, **kwargs: (None, keras.ops.convert_to_tensor(-2e-9))
     step = types.SimpleNamespace(
         weights=[], y_pred=None, perturbation_sum=None, statistics={}, at=schedule.At()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_tram._statistics import StatisticMeans
+from keras_tram._keras.step_metric import StatisticMeans
 
 
 def test_step_statistics_average_the_kept_steps_and_count_the_skipped():
@@ -25,9 +25,9 @@ def test_step_statistics_average_the_kept_steps_and_count_the_skipped():
 
 
 def test_the_metric_keeps_its_old_name_with_a_warning():
-    import keras_tram.wrapper
+    from keras_tram.methods import sharpness_aware  # keras_tram.wrapper in 0.1
 
     with pytest.warns(DeprecationWarning, match="StatisticMeans"):
-        assert keras_tram.wrapper.StepStatistics is StatisticMeans
+        assert sharpness_aware.StepStatistics is StatisticMeans
     with pytest.raises(AttributeError, match="NoSuchName"):
-        keras_tram.wrapper.NoSuchName
+        sharpness_aware.NoSuchName

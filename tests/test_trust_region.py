@@ -150,7 +150,7 @@ def test_weights_changed_after_the_copy_is_taken_are_measured():
     assert history.history["divergence"][0] > 1e-4
 
 
-class _SameWeights(keras_tram.trust_region.Reference):
+class _SameWeights(keras_tram.references.Reference):
     """The current weights through a separate forward pass, with no shortcut."""
 
     def predictions(self, step, weights):
@@ -209,11 +209,11 @@ def test_divergence_closed_form(kind, weighted):
         "kl": forward(p, q), "reverse_kl": forward(q, p),
         "symmetric_kl": forward(p, q) + forward(q, p),
     }[kind]
-    actual = keras_tram.trust_region.divergence(
+    actual = keras_tram.divergences.divergence(
         p.astype("float32"), q.astype("float32"), kind, w
     )
     np.testing.assert_allclose(float(actual), expected, rtol=1e-5)
-    probabilities = keras_tram.trust_region.divergence(
+    probabilities = keras_tram.divergences.divergence(
         keras.ops.softmax(p.astype("float32")), keras.ops.softmax(q.astype("float32")),
         kind, w, from_logits=False,
     )
@@ -242,7 +242,7 @@ def test_asam_with_a_penalty_composes_without_new_code():
         model,
         geometry=keras_tram.geometry.Adaptive(0.0),
         radius=keras_tram.radius.Constant(0.5),
-        penalty=keras_tram.penalty.Penalty(keras_tram.trust_region.PreviousWeights(), 2.0),
+        penalty=keras_tram.penalty.Penalty(keras_tram.references.PreviousWeights(), 2.0),
     )
     history = fit_full_batch(wrapped, x, y, steps=2, learning_rate=0.5)
     assert sorted(history) == [
@@ -341,7 +341,7 @@ def test_the_kl_of_close_language_model_logits_is_accurate(offset, noise):
     rng = np.random.default_rng(0)
     z = (rng.normal(size=(2, 8, 5000)) * 5 + offset).astype("float32")
     y = (z + rng.normal(size=z.shape) * noise).astype("float32")
-    actual = keras.ops.convert_to_numpy(keras_tram.trust_region.pointwise_divergence(z, y))
+    actual = keras.ops.convert_to_numpy(keras_tram.divergences.pointwise_divergence(z, y))
     # float32 logits of this size: log p itself is off by a few 1e-7.
     np.testing.assert_allclose(actual, _float64_kl(z, y), rtol=0, atol=5e-7)
 
@@ -359,7 +359,7 @@ def test_the_gradient_of_the_divergence_matches_closed_form(kind, vocabulary):
     log_ratio = np.log(q) - np.log(p)
     reverse = q * (log_ratio - (q * log_ratio).sum(-1, keepdims=True))  # d KL(q‖p)/dy
     expected = {"kl": q - p, "reverse_kl": reverse, "symmetric_kl": q - p + reverse}[kind] / 12
-    grad = _gradient(lambda t: keras_tram.trust_region.divergence(z.astype("float32"), t, kind),
+    grad = _gradient(lambda t: keras_tram.divergences.divergence(z.astype("float32"), t, kind),
                      y.astype("float32"))
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
 
@@ -402,14 +402,14 @@ def test_the_kl_of_logits_keeps_less_than_one_tensor_of_their_size(kind, dtype):
         import jax
 
         compiled = jax.jit(
-            lambda a, b: keras_tram.trust_region.divergence(a, b, kind)
+            lambda a, b: keras_tram.divergences.divergence(a, b, kind)
         ).lower(z, y).compile()
         assert compiled.memory_analysis().temp_size_in_bytes <= size
     elif backend == "tensorflow":
         import tensorflow as tf
 
         graph = tf.function(
-            lambda a, b: keras_tram.trust_region.divergence(a, b, kind)
+            lambda a, b: keras_tram.divergences.divergence(a, b, kind)
         ).get_concrete_function(
             tf.TensorSpec(shape, dtype), tf.TensorSpec(shape, dtype)).graph
         sizes = [o.shape.num_elements() * o.dtype.size
@@ -444,6 +444,6 @@ def test_the_kl_of_logits_keeps_less_than_one_tensor_of_their_size(kind, dtype):
                 return out
 
         with Alive() as alive:
-            keras_tram.trust_region.divergence(z, y, kind)
+            keras_tram.divergences.divergence(z, y, kind)
         assert alive.peak > size / 16  # the mode saw the pieces
         assert alive.peak <= size

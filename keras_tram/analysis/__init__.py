@@ -14,8 +14,8 @@ Kornblith et al., 2019), with `fit` callbacks that record them.
 
 from keras_tram.analysis.callbacks import SharpnessAndCKA
 from keras_tram.analysis.callbacks import StepStatistics
-from keras_tram.analysis.cka import MinibatchCKA
 from keras_tram.analysis.cka import linear_cka
+from keras_tram.analysis.cka import MinibatchCKA
 from keras_tram.analysis.cka import representations
 from keras_tram.analysis.plots import plot_accuracy_vs_sharpness
 from keras_tram.analysis.plots import plot_traces

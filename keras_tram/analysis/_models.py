@@ -1,6 +1,6 @@
 """What the measurements measure: the model a wrapper trains."""
 
-from keras_tram.wrapper import SharpnessAware
+from keras_tram.methods.sharpness_aware import SharpnessAware
 
 
 def unwrapped(model):

@@ -4,10 +4,10 @@ import math
 
 import keras
 
-from keras_tram._validation import check_positive_int
 from keras_tram.analysis.cka import linear_cka
 from keras_tram.analysis.cka import representations
 from keras_tram.analysis.sharpness import epsilon_sharpness
+from keras_tram.pieces._validation import check_positive_int
 
 
 class StepStatistics(keras.callbacks.Callback):
@@ -38,7 +38,7 @@ class StepStatistics(keras.callbacks.Callback):
     wrapped.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     trace = keras_tram.analysis.StepStatistics()
     wrapped.fit(np.ones((16, 4)), np.zeros(16), batch_size=4, callbacks=[trace], verbose=0)
-    len(trace.steps["radius"])  # 4
+    assert len(trace.steps["radius"]) == 4
     ```
     """
 

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tram import _pipeline
+from keras_tram._keras import pipeline as _pipeline
 from keras_tram.analysis._models import unwrapped
 
 

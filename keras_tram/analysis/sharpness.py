@@ -3,11 +3,11 @@
 import keras
 from keras import ops
 
-from keras_tram import _backend
-from keras_tram import _batch
-from keras_tram._validation import check_non_negative
-from keras_tram._validation import check_positive_int
+from keras_tram._ops import backend as _backend
+from keras_tram._step import batch as _batch
 from keras_tram.analysis._models import unwrapped
+from keras_tram.pieces._validation import check_non_negative
+from keras_tram.pieces._validation import check_positive_int
 
 
 def _loss_object(model, loss):
@@ -81,7 +81,7 @@ def epsilon_sharpness(model, x, y, sample_weight=None, loss=None, epsilon=1e-5, 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     x, y = np.ones((8, 3)), np.zeros(8)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    analysis.epsilon_sharpness(model, x, y, loss=loss, epsilon=1e-3)  # a float >= 0
+    assert analysis.epsilon_sharpness(model, x, y, loss=loss, epsilon=1e-3) >= 0
     ```
     """
     epsilon = check_non_negative("epsilon", epsilon)

@@ -51,7 +51,7 @@ METHODS = {
     "tram-previous_step": ("TRAM", {"variant": "previous_step"}),
     "tram-pretrained": ("TRAM", {"variant": "pretrained"}),
     "tram-input_noise": ("TRAM", {"variant": "input_noise"}),
-    "tram-fisher": ("TRAM", {"variant": "fisher"}),
+    "tram-fisher": ("TRAMFisher", {}),
     # d measured on a quarter of the batch (`divergence_batch_fraction`).
     "tram-previous_step/4": ("TRAM", {"variant": "previous_step",
                                        "divergence_batch_fraction": 0.25}),

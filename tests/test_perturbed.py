@@ -135,14 +135,13 @@ def test_row_wise_and_dense_perturbations_are_the_same(name):
             "fisher": geometry.Fisher(0.3)}[name]
     tensors = lambda arrays: [keras.ops.convert_to_tensor(a) for a in arrays]  # noqa: E731
     radius = keras.ops.convert_to_tensor(0.4)
-    perturbation = _perturbed.Perturbation(None, tables=(0,))
+    perturbation = _perturbed.Perturbation(None, tables=(0,), relative=True)  # ‖ε‖ too
     row_wise, row_norm = perturbation.apply(
-        made, tensors([grad, kernel_grad]), tensors([table, kernel]), radius, row_wise=True,
-        norm=True)
+        made, tensors([grad, kernel_grad]), tensors([table, kernel]), radius, row_wise=True)
     dense, dense_norm = perturbation.apply(
-        made, tensors([grad, kernel_grad]), tensors([table, kernel]), radius, row_wise=False,
-        norm=True)
+        made, tensors([grad, kernel_grad]), tensors([table, kernel]), radius, row_wise=False)
     np.testing.assert_allclose(float(row_norm), float(dense_norm), rtol=1e-6)
+    assert len(row_wise) == len(dense) == 2
     for a, b in zip(row_wise, dense):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
                                    rtol=1e-6, atol=0)

@@ -3,7 +3,7 @@
 As Keras picks one trainer per backend at import (`keras/src/models/model.py`),
 `Trainer` is the class for the current backend: stateless on JAX (values in,
 values out), variables assigned in place on TensorFlow and PyTorch. Each
-takes the gradient from `_step.Algorithm.run`, applies it with the compiled
+takes the gradient from `_step.algorithm.Algorithm.run`, applies it with the compiled
 optimizer when it is finite, and updates the metrics from the clean pass.
 """
 
@@ -16,6 +16,7 @@ from keras_tram._keras import compat as _compat
 from keras_tram._ops import backend as _backend
 from keras_tram._step import algorithm as _step
 from keras_tram._step import batch as _batch
+from keras_tram.pieces import schedule
 
 
 class _Common:
@@ -25,23 +26,23 @@ class _Common:
     def make_train_function(self, force=False):
         # `fit` and `train_on_batch` come here once the model is built and
         # before any step: the moment to fill the reference weights.
-        for component in self._algorithm.components:
+        for component in self._method.components:
             component.fill(self.trainable_variables)
         return super().make_train_function(force=force)
 
     def _run(self, weights, non_trainable, metrics, data, optimizer_values=None):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         return self._algorithm.run(
-            weights, non_trainable, metrics, x, y, sample_weight,
-            loss_scale=self._optimizer_value(_loss_scale, optimizer_values),
-            unscale=self._optimizer_scales_loss(),
-            update=self._optimizer_value(
-                functools.partial(
-                    _update, learning_rate=self._algorithm.reads_learning_rate
-                ),
+            _step.Values(weights, non_trainable, metrics), (x, y, sample_weight),
+            _step.Scaling(
+                self._optimizer_value(_loss_scale, optimizer_values),
+                self._optimizer_scales_loss(),
+            ),
+            self._optimizer_value(
+                functools.partial(_at, learning_rate=self._method.reads_learning_rate),
                 optimizer_values,
             ),
-        )
+        ), (x, y, sample_weight)
 
     def _optimizer_value(self, read, optimizer_values):
         """`read(optimizer)`, with the optimizer's variables at
@@ -60,26 +61,27 @@ class _Common:
     def _optimizer_skips_non_finite(self):
         return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
 
-    def _update_metrics(self, step, finite):
+    def _update_metrics(self, result, batch):
         """Updates the metrics from the clean pass and returns the logs.
 
         A skipped (non-finite) step is counted in `skipped_steps` and left out
         of the step statistics' means, which therefore stay finite.
         """
+        x, y, sample_weight = batch
         _compat.loss_tracker(self).update_state(
-            _compat.unscale_loss_for_distribution(step.loss),
-            sample_weight=_batch.size(step.x),
+            _compat.unscale_loss_for_distribution(result.loss),
+            sample_weight=_batch.size(x),
         )
         # Every replica skips a step together; count it once.
         replicas = _backend.replica_count() if _backend.splits_batch_across_replicas() else 1
         self.statistics_tracker.update_state(
-            [step.statistics[name] for name in self._algorithm.statistic_names], finite,
-            skip_weight=1.0 / replicas, full=step.full,
+            [result.statistics[name] for name in self._method.statistic_names], result.finite,
+            skip_weight=1.0 / replicas, full=result.full,
         )
-        return self.compute_metrics(step.x, step.y, step.y_pred, step.sample_weight)
+        return self.compute_metrics(x, y, result.y_pred, sample_weight)
 
     def _without_step_statistics(self, logs):
-        names = (*self._algorithm.statistic_names, "skipped_steps", "full_steps")
+        names = (*self._method.statistic_names, "skipped_steps", "full_steps")
         return {k: v for k, v in logs.items() if k not in names}
 
 
@@ -88,21 +90,22 @@ class _StatelessTrainer(_Common):
 
     def train_step(self, state, data):
         weights, non_trainable, optimizer_values, metrics = state
-        grads, finite, step = self._run(weights, non_trainable, metrics, data, optimizer_values)
-        mapping = list(zip(self.metrics_variables, step.new_metrics))
+        result, batch = self._run(weights, non_trainable, metrics, data, optimizer_values)
+        grads, finite = result.grads, result.finite
+        mapping = list(zip(self.metrics_variables, result.metrics))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            logs = self._update_metrics(step, finite)
+            logs = self._update_metrics(result, batch)
         metrics = [scope.get_current_value(v) for v in self.metrics_variables]
 
         def apply():
             new_weights, new_optimizer_values = self.optimizer.stateless_apply(
                 optimizer_values, grads, weights
             )
-            return list(new_weights), list(new_optimizer_values), list(step.new_non_trainable)
+            return list(new_weights), list(new_optimizer_values), list(result.non_trainable)
 
         if self._optimizer_skips_non_finite():
             new_weights, new_optimizer_values, _ = apply()
-            new_non_trainable = _select(finite, step.new_non_trainable, non_trainable)
+            new_non_trainable = _select(finite, result.non_trainable, non_trainable)
         else:
             # A cond: a select over every weight, optimizer variable and
             # reference copy cost 0.16 s of a 0.55 s SAM step on XLM-R
@@ -128,15 +131,16 @@ class _StatefulTrainer(_Common):
         non_trainable = _backend.values_of(self.non_trainable_variables)
         metrics = _backend.values_of(self.metrics_variables)
         weights = _backend.values_of(self.trainable_variables)
-        grads, finite, step = self._run(weights, non_trainable, metrics, data)
+        result, batch = self._run(weights, non_trainable, metrics, data)
+        grads, finite = result.grads, result.finite
         with _backend.no_grad():
             # State first: on torch the step's values are views of the
             # weights, which the optimizer is about to change in place.
-            _assign_changed(self.metrics_variables, step.new_metrics, metrics)
+            _assign_changed(self.metrics_variables, result.metrics, metrics)
             changed = [
                 (variable, new)
                 for variable, new, old in zip(
-                    self.non_trainable_variables, step.new_non_trainable, non_trainable
+                    self.non_trainable_variables, result.non_trainable, non_trainable
                 )
                 if new is not old
             ]
@@ -155,7 +159,7 @@ class _StatefulTrainer(_Common):
                 ops.cond(finite, lambda: update(grads, *values), lambda: None)
             if skips_non_finite:
                 self.optimizer.apply(grads, self.trainable_variables)
-            return self._update_metrics(step, finite)
+            return self._update_metrics(result, batch)
 
     def test_step(self, data):
         return self._without_step_statistics(super().test_step(data))
@@ -179,13 +183,14 @@ def _loss_scale(optimizer):
     return ops.cast(optimizer.scale_loss(one), "float32")
 
 
-def _update(optimizer, learning_rate=False):
-    """Where this step stands among the optimizer's updates (`_step.Update`):
-    whether it changes the weights (not on the accumulating steps of
-    `gradient_accumulation_steps`), the update's index and the micro-step's,
-    and, if `learning_rate`, the optimizer's learning rate now and at update 0."""
+def _at(optimizer, learning_rate=False):
+    """Where this step stands in training (`keras_tram.schedule.At`): the
+    update's index, whether the optimizer applies it (not on the
+    accumulating steps of `gradient_accumulation_steps`) and the micro-step's
+    place in it, and, if `learning_rate`, the optimizer's learning rate now
+    and at update 0."""
     if optimizer is None:
-        return _step.Update()
+        return schedule.At()
     index = ops.convert_to_tensor(optimizer.iterations)
     rates = {}
     if learning_rate:
@@ -195,11 +200,12 @@ def _update(optimizer, learning_rate=False):
         )
     steps = getattr(optimizer, "gradient_accumulation_steps", None)
     if not steps or steps <= 1:
-        return _step.Update(True, index, **rates)
+        return schedule.At(index, **rates)
     # `iterations` counts updates when accumulating; Keras decides with its
     # micro-step counter, as here.
     micro_step = ops.mod(ops.convert_to_tensor(_compat.micro_steps(optimizer)), steps)
-    return _step.Update(ops.equal(micro_step + 1, steps), index, micro_step, steps, **rates)
+    return schedule.At(index, **rates, applies=ops.equal(micro_step + 1, steps),
+                       micro_step=micro_step, micro_steps=steps)
 
 
 def _select(condition, new_values, old_values):

@@ -74,6 +74,15 @@ def scaled(noise, factor):
     return Scaled(noise.stddev * factor, noise.noise_layer)
 
 
+def on_full_steps(noise, full):
+    """`noise` (or None) where `full` is True; where it is a boolean tensor
+    (a method that runs the full step on some updates only), the noise with
+    its standard deviation 0 on the others."""
+    if noise is None or full is True:
+        return noise
+    return scaled(noise, ops.cast(full, "float32"))
+
+
 class InputNoise:
     """Draws input noise for `model` from `seed_generator`.
 

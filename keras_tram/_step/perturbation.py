@@ -37,17 +37,27 @@ class Perturbation:
         perturbed: the positions of the weights the geometry perturbs, or
             None for all of them (`keras_tram.selection`).
         tables: the positions, among those, of embedding tables (`tables`).
+        relative: whether a step logs `relative_perturbation`, `‖ε‖ / ‖θ‖`
+            (`log_relative_perturbation` of the wrapper).
     """
 
-    def __init__(self, perturbed=None, tables=()):
+    def __init__(self, perturbed=None, tables=(), relative=False):
         self.perturbed = None if perturbed is None else tuple(perturbed)
         self.tables = tuple(tables)
+        self.relative = relative
 
-    def apply(self, geometry, grads, weights, radius, grad_norm=None, row_wise=False,
-              norm=False):
+    def statistics(self, epsilon_norm, weights):
+        """What the perturbation logs: `{"relative_perturbation": ‖ε‖ / ‖θ‖}`
+        if asked for, from `apply`'s `‖ε‖`."""
+        if not self.relative:
+            return {}
+        norm = geometry_lib.global_norm(weights)
+        return {"relative_perturbation": epsilon_norm * geometry_lib.safe_reciprocal(norm)}
+
+    def apply(self, geometry, grads, weights, radius, grad_norm=None, row_wise=False):
         """`(θ + ε, ‖ε‖)`: every weight, the perturbed ones moved (a table's
         touched rows only when `row_wise` and at most half of its rows are
-        touched), and with `norm` the norm of `ε` (else None). `grad_norm`,
+        touched), and the norm of `ε` if `relative` (else None). `grad_norm`,
         the norm of every gradient, is used only when every weight is
         perturbed."""
         if self.perturbed is None:
@@ -58,7 +68,7 @@ class Perturbation:
             grads = [grads[i] for i in positions]
             moving = [weights[i] for i in positions]
         move = functools.partial(
-            self._apply, geometry, grads, moving, weights, radius, grad_norm, norm
+            self._apply, geometry, grads, moving, weights, radius, grad_norm, self.relative
         )
         if not (row_wise and geometry.zero_with_gradient and self.tables):
             return move({})

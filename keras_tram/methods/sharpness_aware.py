@@ -15,6 +15,7 @@ from keras_tram._keras import step_metric as _statistics
 from keras_tram._keras import trainer as _trainer
 from keras_tram._ops import backend as _backend
 from keras_tram._step import algorithm as _step
+from keras_tram._step import perturbation as _perturbation
 from keras_tram.pieces import descent as descent_lib
 from keras_tram.pieces import geometry as geometry_lib
 from keras_tram.pieces import penalty as penalty_lib
@@ -178,18 +179,17 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
         self.radius = radius
         self.penalty = penalty
         self.ascent_noise = ascent_noise
+        self._method = _step.Method(
+            geometry, radius, penalty, ascent_noise, descent, self.reuse,
+            self.perturbation_scope, self.perturbation_chunks, log_relative_perturbation,
+        )
         self.noise_seed_generator = None
-        if _step.Algorithm.uses_noise(radius, penalty, ascent_noise):
+        if self._method.uses_noise:
             self.noise_seed_generator = keras.random.SeedGenerator()
-        self._algorithm = _step.Algorithm(
-            self, geometry, radius, penalty, ascent_noise, self.perturbation_scope,
-            self.perturbation_chunks, log_relative_perturbation, self.noise_seed_generator,
-            self.reuse, descent,
-        )
         self.statistics_tracker = _statistics.StatisticMeans(
-            self._algorithm.statistic_names, self._algorithm.full_step_names
+            self._method.statistic_names, self._method.full_step_names
         )
-        self._components_built = False
+        self._algorithm = None  # the step, made once the variables exist (`build`)
         if model.built:
             self.build(None)
 
@@ -204,19 +204,27 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
             self.model(
                 keras.tree.map_shape_structure(keras.KerasTensor, input_shape)
             )
-        if not self._components_built:
-            for component in self._algorithm.components:
+        if self._algorithm is None:
+            for component in self._method.components:
                 component.build(self)
             self.reuse.build(self)
-            if self.geometry is not None:
-                self._algorithm.select(self.selection.positions(self))
-            self._components_built = True
+            self._algorithm = _step.Algorithm(
+                self, self._method, self._perturbation(), self.noise_seed_generator
+            )
         self.built = True
+
+    def _perturbation(self):
+        """Which trainable weights the geometry perturbs, embedding tables
+        among them on the rows a batch looks up."""
+        positions = self.selection.positions(self) if self.geometry is not None else None
+        return _perturbation.Perturbation(
+            positions, _perturbation.tables(self, positions), self.log_relative_perturbation
+        )
 
     @property
     def statistic_names(self):
         """The step statistics this method logs, besides `skipped_steps`."""
-        return self._algorithm.statistic_names
+        return self._method.statistic_names
 
     @property
     def perturb(self):

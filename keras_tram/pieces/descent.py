@@ -1,8 +1,8 @@
 """How the descent gradient is formed from the clean and the perturbed gradient.
 
-Without a descent piece a sharpness-aware step descends along the gradient
-at the perturbed weights, `g_p = ∇L(θ + ε)`. A descent piece changes that
-from `g` and `g_p`:
+By default (`AlongPerturbed`, what a method without a `descent` takes) a
+sharpness-aware step descends along the gradient at the perturbed weights,
+`g_p = ∇L(θ + ε)`. Another descent forms it from `g` and `g_p`:
 
     >>> import numpy as np
     >>> from keras_tram import descent
@@ -24,15 +24,26 @@ from keras_tram.pieces._validation import check_non_negative
 class Descent(Configurable):
     """Base class: subclasses implement `combine(clean, perturbed, g, g_p)`."""
 
-    def __call__(self, step, clean, perturbed, g_p):
+    def __call__(self, step, clean, perturbed, perturbed_mean):
         """The descent gradient, in the units of `clean` and `perturbed` (the
         loss-scaled gradients of this replica's loss); `step.grads` is `g`
-        and `g_p` the perturbed gradient in the same units (float32, the
-        whole batch's), from which any projection is taken."""
-        return self.combine(clean, perturbed, step.grads, g_p)
+        and `perturbed_mean()` gives `g_p`, the perturbed gradient in the
+        units of `g` (float32, the whole batch's), from which any projection
+        is taken (a function, so that a descent without one costs nothing)."""
+        return self.combine(clean, perturbed, step.grads, perturbed_mean())
 
     def combine(self, clean, perturbed, g, g_p):
         raise NotImplementedError
+
+
+class AlongPerturbed(Descent):
+    """SAM's descent: along the perturbed gradient, as it is."""
+
+    def __call__(self, step, clean, perturbed, perturbed_mean):
+        return perturbed
+
+    def combine(self, clean, perturbed, g, g_p):
+        return perturbed
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")

@@ -20,10 +20,19 @@ from keras_tram.pieces._validation import check_fraction
 
 class Radius(Component):
     """Base class: subclasses implement `__call__(step)`; one that keeps state
-    implements the `Component` methods too."""
+    implements the `Component` methods too, and one that logs what it
+    measured (TRAM's `divergence`) names it in `statistic_names` and returns
+    it from `with_statistics`."""
+
+    statistic_names = ()
 
     def __call__(self, step):
         raise NotImplementedError
+
+    def with_statistics(self, step):
+        """`(r, {name: value})`: the radius for `step`, and the values of
+        `statistic_names` a step logs with it."""
+        return self(step), {}
 
     @property
     def follows_learning_rate(self):
@@ -89,7 +98,13 @@ class TrustRegion(divergences.Distance, Radius):
             None if max_radius is None else schedule.check("max_radius", max_radius)
         )
 
+    statistic_names = ("divergence",)
+
     def __call__(self, step):
+        return self.with_statistics(step)[0]
+
+    def with_statistics(self, step):
+        """`(r, {"divergence": d})`."""
         if self.batch_fraction < 1.0:
             step = step.head(self.batch_fraction)
         _, d = self.measure(step, step.weights, step.y_pred, step.perturbation_sum)
@@ -97,14 +112,13 @@ class TrustRegion(divergences.Distance, Radius):
         # seen with LoRA on GPT-2), which must not become a negative radius.
         d = ops.stop_gradient(d)
         d = ops.where(ops.less(d, 0.0), 0.0, d)  # NaN stays NaN, and skips the step
-        step.statistics["divergence"] = d
         if schedule.is_constant(self.radius_scale):
             radius = self.radius_scale * d
         else:
             radius = schedule.value(self.radius_scale, step.at) * d
         if self.max_radius is not None:
             radius = ops.minimum(radius, schedule.value(self.max_radius, step.at))
-        return radius
+        return radius, {"divergence": d}
 
     @property
     def follows_learning_rate(self):

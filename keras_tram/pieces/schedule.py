@@ -36,16 +36,23 @@ from keras_tram.pieces._validation import check_non_negative
 
 
 class At(NamedTuple):
-    """The update a scheduled value is taken at.
+    """Where a step stands in training: the update a scheduled value is taken
+    at, and the step's place in it.
 
     `index` is the optimizer's `iterations`; `learning_rate` the learning rate
     the optimizer applies this update with; `initial_learning_rate` the one of
-    update 0 (its schedule at 0, or the constant learning rate).
+    update 0 (its schedule at 0, or the constant learning rate). Under
+    gradient accumulation an update takes `micro_steps` steps, this one
+    being `micro_step` (from 0), and the optimizer `applies` the update on
+    the last (True, or a boolean tensor).
     """
 
     index: Any = 0
     learning_rate: Any = None
     initial_learning_rate: Any = None
+    applies: Any = True
+    micro_step: Any = 0
+    micro_steps: int = 1
 
 
 @keras.saving.register_keras_serializable(package="keras_tram")

@@ -59,7 +59,8 @@ def text(record):
     header = ["method", *domains, OUT_OF_DOMAIN, *STEP_COLUMNS.values(), "s / run"]
     times = figures.relative_time(record) if "adam" in record["summary"] else None
     if times:
-        header.append("× Adam step" if figures.timed_by(record) == "step_seconds" else "× Adam time")
+        per_step = figures.timed_by(record) == "step_seconds"
+        header.append("× Adam step" if per_step else "× Adam time")
     pretrained = dict(record["pretrained"])
     pretrained[OUT_OF_DOMAIN] = float(np.mean([pretrained[d] for d in domains[1:]]))
     rows = [["pre-trained, before fine-tuning",

@@ -1,7 +1,8 @@
 """The demo's protocol, whatever the task: every method with every seed on the
 same pre-trained network, then means, paired differences and the outputs.
 
-A task (`keras_tram.experiments.demo.digits.Digits`, `keras_tram.experiments.demo.lm.LanguageModelling`)
+A task (`keras_tram.experiments.demo.digits.Digits`,
+`keras_tram.experiments.demo.lm.LanguageModelling`)
 has `name`, `metric`, `higher_is_better`, `domains` (the in-domain one first),
 `protocol` (a dict for the record), `prepare(cache, log)` (data and the
 pre-trained network, cached), `pretrained_scores()` and

@@ -105,7 +105,7 @@ for backend in jax torch; do
   echo "## $backend" >> "$report"
   echo >> "$report"
   KERAS_BACKEND=$backend timeout "$(limit 60)" "$PYTHON" -m pytest -q -p no:cacheprovider \
-    tests/test_closed_form.py -k "test_weights_match_closed_form" > "$out/$backend-tests.log" 2>&1
+    tests/integration/test_closed_form.py -k "test_weights_match_closed_form" > "$out/$backend-tests.log" 2>&1
   code=$?
   [ $code -ne 0 ] && status=1
   echo "Closed-form tests (exit $code): $(tail -n 1 "$out/$backend-tests.log")" >> "$report"

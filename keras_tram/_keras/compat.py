@@ -2,7 +2,7 @@
 
 Each function names the private attribute it reads and the Keras version it
 was checked against. Everything else in the package uses public Keras API
-only (`tests/test_layout.py` checks that `keras.src` and these names appear
+only (`tests/integration/test_layout.py` checks that `keras.src` and these names appear
 nowhere else).
 
 Checked on Keras 3.15.1.

@@ -16,6 +16,7 @@ from keras_tram._keras import trainer as _trainer
 from keras_tram._ops import backend as _backend
 from keras_tram._step import algorithm as _step
 from keras_tram._step import perturbation as _perturbation
+from keras_tram._step.method import Method
 from keras_tram.pieces import descent as descent_lib
 from keras_tram.pieces import geometry as geometry_lib
 from keras_tram.pieces import penalty as penalty_lib
@@ -179,7 +180,7 @@ class SharpnessAware(_pipeline.Pipeline, _trainer.Trainer, keras.Model):
         self.radius = radius
         self.penalty = penalty
         self.ascent_noise = ascent_noise
-        self._method = _step.Method(
+        self._method = Method(
             geometry, radius, penalty, ascent_noise, descent, self.reuse,
             self.perturbation_scope, self.perturbation_chunks, log_relative_perturbation,
         )

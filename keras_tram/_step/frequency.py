@@ -39,9 +39,7 @@ class Never:
     def is_full(self, at):
         return True
 
-    def full_step_names(self, names):
-        """Which statistics are logged over the full steps only."""
-        return ()
+    full_step_names = ()  # the statistics logged over the full steps only
 
     def descent(self, full_step, clean, step, part, scaling):
         return PartDescent(clean.scaled_grads)
@@ -76,13 +74,10 @@ class Every(Never):
         self.reuse = reuse
         self.model = model
         self.per_replica = per_replica
-        self.names = tuple(name for name in names if name in PERTURBATION_STATISTICS)
+        self.full_step_names = tuple(name for name in names if name in PERTURBATION_STATISTICS)
 
     def is_full(self, at):
         return self.reuse.is_full(at.index)
-
-    def full_step_names(self, names):
-        return tuple(name for name in names if name in PERTURBATION_STATISTICS)
 
     def descent(self, full_step, clean, step, part, scaling):
         """On a full update the full step's descent, keeping its `g_v`; on the
@@ -104,7 +99,7 @@ class Every(Never):
                 direction = [d / count for d in _backend.replica_sum(direction)]
                 exact = False
             bound = geometry_lib.global_norm(full.grads)
-            values = [full.statistics[name] for name in self.names]
+            values = [full.statistics[name] for name in self.full_step_names]
             if not whole:
                 return full.grads, bound, values, [weight * d for d in direction], previous_norm
             if at.micro_steps > 1:
@@ -131,7 +126,7 @@ class Every(Never):
             bound = step.grad_norm + scale
             zero = ops.zeros((), "float32")
             direction = previous if whole else [ops.zeros_like(v) for v in previous]
-            return grads, bound, [zero for _ in self.names], direction, previous_norm
+            return grads, bound, [zero for _ in self.full_step_names], direction, previous_norm
 
         # Where a `cond` would make the full step far slower than the saving
         # (convolutions under XLA on a CPU), both kinds run and one is selected.
@@ -139,7 +134,7 @@ class Every(Never):
         grads, bound, values, direction, norm = _backend.branch(
             self.is_full(at), full_update, update_in_between, select=select
         )
-        return PartDescent(grads, bound, dict(zip(self.names, values)), direction, norm)
+        return PartDescent(grads, bound, dict(zip(self.full_step_names, values)), direction, norm)
 
     def state_updates(self, parts, step):
         """`{id(variable): value}`: `g_v` and its norm after the step, from the

@@ -43,7 +43,7 @@ class Method(NamedTuple):
     @property
     def full_step_names(self):
         """What a step logs over the full steps only."""
-        return self.frequency().full_step_names(self.statistic_names)
+        return self.frequency().full_step_names
 
     @property
     def statistic_names(self):

@@ -8,6 +8,7 @@ nowhere else).
 Checked on Keras 3.15.1.
 """
 
+import contextlib
 
 import keras
 
@@ -33,6 +34,35 @@ def seed_generators(model):
         for layer in layers_of(model)
         for generator in getattr(layer, "_seed_generators", [])
     ]
+
+
+def reduced_precision_layers(model):
+    """The layers of `model` whose dtype policy computes in a lower precision
+    than their variables are kept in (`mixed_float16`, `mixed_bfloat16`;
+    quantized layers excepted), with that policy."""
+    found = []
+    for layer in layers_of(model):
+        policy = layer.dtype_policy
+        if getattr(policy, "quantization_mode", None) is not None:
+            continue
+        compute, variable = policy.compute_dtype, policy.variable_dtype
+        if compute != variable and "float" in compute and "float" in variable:
+            found.append((layer, policy))
+    return found
+
+
+@contextlib.contextmanager
+def computing_in_variable_dtype(layers):
+    """Runs `layers` (`reduced_precision_layers`) in the dtype of their
+    variables while the context is open: each layer's `dtype_policy` is set
+    to its variable dtype and put back on leaving."""
+    try:
+        for layer, policy in layers:
+            layer.dtype_policy = policy.variable_dtype
+        yield
+    finally:
+        for layer, policy in layers:
+            layer.dtype_policy = policy
 
 
 def mark_seeded(generator, seed):
@@ -73,10 +103,20 @@ def stateless_compute_loss(model, losses, trainable, non_trainable, metrics, x, 
     return loss, non_trainable, metrics
 
 
+def counting_optimizer(optimizer):
+    """The optimizer whose counters say which update a step belongs to: a
+    `LossScaleOptimizer`'s `inner_optimizer`, which applies the updates and
+    accumulates gradients. Keras 3.8's `LossScaleOptimizer.iterations`
+    is its own counter, which stays at 0 (3.9 and later return the inner
+    optimizer's); the inner optimizer's is right on every version."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 def micro_steps(optimizer):
     """The optimizer's count of calls to `apply`, accumulating ones included
     (`BaseOptimizer._iterations`; `iterations` counts applied updates when
     accumulating gradients)."""
+    optimizer = counting_optimizer(optimizer)
     counter = getattr(optimizer, "_iterations", None)
     return optimizer.iterations if counter is None else counter
 

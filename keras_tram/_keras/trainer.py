@@ -191,14 +191,15 @@ def _at(optimizer, learning_rate=False):
     and at update 0."""
     if optimizer is None:
         return schedule.At()
-    index = ops.convert_to_tensor(optimizer.iterations)
+    counting = _compat.counting_optimizer(optimizer)
+    index = ops.convert_to_tensor(counting.iterations)
     rates = {}
     if learning_rate:
         rates = dict(
             learning_rate=ops.cast(optimizer.learning_rate, "float32"),
             initial_learning_rate=ops.cast(_compat.initial_learning_rate(optimizer), "float32"),
         )
-    steps = getattr(optimizer, "gradient_accumulation_steps", None)
+    steps = getattr(counting, "gradient_accumulation_steps", None)
     if not steps or steps <= 1:
         return schedule.At(index, **rates)
     # `iterations` counts updates when accumulating; Keras decides with its

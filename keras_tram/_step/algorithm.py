@@ -69,6 +69,7 @@ class FullStep(NamedTuple):
     """A part's full step."""
 
     grads: list  # the descent gradient, loss-scaled
+    clean: Any  # (g, ‖g‖) the perturbation was taken from
     perturbed: Any  # () -> g_s, the perturbed gradient in float32, loss scaling undone
     statistics: dict  # radius, divergence, relative_perturbation
 
@@ -116,6 +117,10 @@ class Algorithm:
         self.forward = Forward(model) if seed_generator is None else NoisedForward(
             model, seed_generator, self.positions[id(seed_generator.state)]
         )
+        # A reused direction is the small difference of two gradients: under
+        # mixed precision a full step that keeps one takes its passes in the
+        # variables' dtype (`frequency.Every`).
+        self.precise_full_step = self.frequency.keeps_direction and self.forward.reduces_precision
 
     def run(self, values, batch, scaling, at):
         """The step on a batch `(x, y, sample_weight)` from `values`, under
@@ -196,7 +201,18 @@ class Algorithm:
         )
 
     def _full_step(self, step, clean, part, scaling, gradient):
-        """Radius → perturbation → perturbed pass → descent, on one part."""
+        """Radius → perturbation → perturbed pass → descent, on one part.
+
+        With `precise_full_step`, a clean pass in the variables' dtype first
+        gives the `g` the perturbation, the descent and `g_v` take, and the
+        perturbed pass runs in that dtype too."""
+        precise = self.precise_full_step
+        if precise:
+            scaled_grads = gradient(step.weights, self.ascent_noise, precise=True)[1]
+            grads = policies.mean_gradient(scaled_grads, part, scaling, self.scope)
+            step = step.after_clean_pass(step.y_pred, step.loss, grads,
+                                         geometry_lib.global_norm(grads))
+            clean = clean._replace(scaled_grads=scaled_grads)
         radius, statistics = self.radius.with_statistics(step)
         radius = ops.cast(radius, "float32")
         perturbed, epsilon_norm = self.perturbation.apply(
@@ -207,26 +223,29 @@ class Algorithm:
             "radius": radius, **statistics,
             **self.perturbation.statistics(epsilon_norm, step.weights),
         }
-        scaled_perturbed = gradient(perturbed, at_step_weights=False)[1]
+        scaled_perturbed = gradient(perturbed, at_step_weights=False, precise=precise)[1]
         mean = functools.cache(
             lambda: policies.mean_gradient(scaled_perturbed, part, scaling, self.scope)
         )
         grads = self.descent(step, clean.scaled_grads, scaled_perturbed, mean)
         statistics = {name: ops.cast(value, "float32") for name, value in statistics.items()}
-        return FullStep(grads, mean, statistics)
+        return FullStep(grads, (step.grads, step.grad_norm), mean, statistics)
 
     def _gradient(self, step, metrics, objective_scale, weights, noise=None,
-                  at_step_weights=True):
-        """`((scaled objective, Pass), gradient)` of one pass at `weights`."""
+                  at_step_weights=True, precise=False):
+        """`((scaled objective, Pass), gradient)` of one pass at `weights`
+        (in the variables' dtype if `precise`)."""
         return _backend.value_and_grad(
-            lambda w: self._objective(w, step, metrics, objective_scale, noise, at_step_weights)
+            lambda w: self._objective(w, step, metrics, objective_scale, noise,
+                                      at_step_weights, precise)
         )(weights)
 
-    def _objective(self, weights, step, metrics, loss_scale, noise, at_step_weights):
+    def _objective(self, weights, step, metrics, loss_scale, noise, at_step_weights,
+                   precise=False):
         """`(scaled objective, Pass)` at `weights`: the loss-scaled objective
         to differentiate (the loss plus any penalty) and the pass's results."""
         y_pred, non_trainable, losses = self.forward(
-            weights, step.non_trainable, step.x, noise, step.rows
+            weights, step.non_trainable, step.x, noise, step.rows, precise
         )
         loss, _, metrics = _compat.stateless_compute_loss(
             self.model, losses, weights, non_trainable, metrics,

@@ -2,13 +2,20 @@
 clean or noised inputs: what every pass of a step and every reference's
 prediction goes through."""
 
+import contextlib
+
 import keras
 
+from keras_tram._keras import compat as _compat
 from keras_tram._step import noise as _noise
 
 
 class Forward:
     """`(y_pred, non_trainable, losses)` of the wrapper's model at `weights`.
+
+    A pass with `precise=True` runs the layers that compute in a lower
+    precision than their variables (mixed precision) in their variables'
+    dtype.
 
     Args:
         model: the wrapper (its `stateless_call` runs the wrapped model).
@@ -16,11 +23,23 @@ class Forward:
 
     def __init__(self, model):
         self.model = model
+        self._reduced = _compat.reduced_precision_layers(model)
 
-    def __call__(self, weights, non_trainable, x, noise=None, rows=None):
-        return self.model.stateless_call(
-            weights, non_trainable, x, training=True, return_losses=True
-        )
+    @property
+    def reduces_precision(self):
+        """Whether some layer computes in a lower precision than its variables."""
+        return bool(self._reduced)
+
+    def __call__(self, weights, non_trainable, x, noise=None, rows=None, precise=False):
+        with self._precision(precise):
+            return self.model.stateless_call(
+                weights, non_trainable, x, training=True, return_losses=True
+            )
+
+    def _precision(self, precise):
+        if precise and self._reduced:
+            return _compat.computing_in_variable_dtype(self._reduced)
+        return contextlib.nullcontext()
 
     def keep_seed(self, values, old_values):
         """`values` of the non-trainable variables after a part of the batch,
@@ -44,11 +63,11 @@ class NoisedForward(Forward):
         self.position = position
         self.noise = _noise.InputNoise(model.model, seed_generator)
 
-    def __call__(self, weights, non_trainable, x, noise=None, rows=None):
+    def __call__(self, weights, non_trainable, x, noise=None, rows=None, precise=False):
         if noise is None:
-            return super().__call__(weights, non_trainable, x)
+            return super().__call__(weights, non_trainable, x, precise=precise)
         seed = non_trainable[self.position]
-        with self.noise.applied(noise, x, seed, rows) as inputs:
+        with self.noise.applied(noise, x, seed, rows) as inputs, self._precision(precise):
             return self.model.stateless_call(
                 weights, non_trainable, inputs, training=True, return_losses=True
             )

@@ -40,6 +40,7 @@ class Never:
         return True
 
     full_step_names = ()  # the statistics logged over the full steps only
+    keeps_direction = False  # whether a full step keeps `g_v` for later steps
 
     def descent(self, full_step, clean, step, part, scaling):
         return PartDescent(clean.scaled_grads)
@@ -70,6 +71,8 @@ class Every(Never):
         names: the perturbation's statistics this method logs.
     """
 
+    keeps_direction = True
+
     def __init__(self, reuse, model, per_replica, names):
         self.reuse = reuse
         self.model = model
@@ -91,7 +94,7 @@ class Every(Never):
 
         def full_update():
             full = full_step()
-            direction, norm = reuse.direction(step.grads, full.perturbed(), step.grad_norm)
+            direction, norm = reuse.direction(full.clean[0], full.perturbed(), full.clean[1])
             exact = True  # whether `norm` is still the norm of `direction`
             if self.per_replica and _backend.splits_batch_across_replicas():
                 # One direction for every replica: the mean of theirs.

@@ -76,11 +76,26 @@ def _normalized_model():
     h = keras.layers.GroupNormalization(2, name="group_norm")(h)
     h = keras.layers.BatchNormalization(name="batch_norm")(h)
     h = keras.layers.Conv1D(4, 3, name="conv")(h)
-    h = keras.layers.RMSNormalization(name="rms_norm")(h)
+    h = RMSNormalization(name="rms_norm")(h)
     h = keras.layers.EinsumDense("btd,dk->btk", (None, 3), bias_axes="k", name="einsum")(h)
     h = keras.layers.GlobalAveragePooling1D()(h)
     outputs = keras.layers.Dense(3, use_bias=False, name="head")(h)
     return keras.Model(inputs, outputs)
+
+
+class _RMSNorm(keras.layers.Layer):
+    """`keras.layers.RMSNormalization` (Keras 3.9 and later) on older Keras:
+    a normalization by its name, with one `scale`."""
+
+    def build(self, shape):
+        self.scale = self.add_weight(shape=shape[-1:], initializer="ones", name="scale")
+
+    def call(self, x):
+        square = keras.ops.mean(keras.ops.square(x), axis=-1, keepdims=True)
+        return x * keras.ops.rsqrt(square + 1e-6) * self.scale
+
+
+RMSNormalization = getattr(keras.layers, "RMSNormalization", _RMSNorm)
 
 
 class Hub(keras.layers.Layer):

@@ -133,6 +133,50 @@ def test_reuse_undoes_loss_scaling(method):
     assert_weights(wrapped.model, expected)
 
 
+def _fit_under(policy, build=None):
+    """An SGD(0.1) fit of the MLP, 2 epochs of 4 batches, with the global
+    dtype policy `policy`; its weights in float64, and the initial ones."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model, initial = make_mlp()
+        x, y, _ = make_data()
+        wrapped = model if build is None else build(model)
+        wrapped.compile(optimizer=keras.optimizers.SGD(0.1), loss=cross_entropy())
+        wrapped.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return [np.asarray(w, np.float64) for w in model.get_weights()], initial
+
+
+def _gap(weights, others):
+    return max(float(np.abs(a - b).max()) for a, b in zip(weights, others))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_reuse_under_mixed_precision_follows_float32(policy):
+    """TRAM's radius is small (d is 1e-4 to 1e-3 here), so `g_v` is the
+    difference of two nearly equal gradients: through float16 or bfloat16
+    layers it would be rounding, scaled up to `α ‖g‖` (the weights were 1e-2
+    to 4e-2 from float32's). A full step that keeps `g_v` takes its passes in
+    the variables' float32, and the fit stays as close to float32, and to the
+    float64 closed form, as plain training does (within 10×; or as float32
+    is to float64, where the backend runs the policy's plain training in
+    float32, as JAX 0.4 does bfloat16 on a CPU)."""
+    tram = {variant: lambda m, v=variant: keras_tram.TRAM(m, variant=v, perturbation_every=2)
+            for variant in ("previous_step", "pretrained")}
+    float32, initial = _fit_under("float32", tram["previous_step"])
+    x, y, _ = make_data()
+    expected, radii = reference.train_reuse(initial, _batches(x, y, 4), 2, STRENGTH, 0.1)
+    assert 0 < radii[1] < 1e-2  # a small radius: the case this is about
+    plain = _gap(_fit_under(policy)[0], _fit_under("float32")[0])
+    tolerance = 10 * max(plain, _gap(float32, expected))
+    assert tolerance < 1e-2  # well below what amplified rounding gave
+    mixed = {variant: _fit_under(policy, build)[0] for variant, build in tram.items()}
+    for variant, build in tram.items():
+        assert _gap(mixed[variant], _fit_under("float32", build)[0]) <= tolerance, variant
+    assert _gap(mixed["previous_step"], expected) <= tolerance  # against float64
+
+
 BAD_ARGUMENTS = [
     ({"perturbation_every": 0}, ValueError),
     ({"perturbation_every": -2}, ValueError),

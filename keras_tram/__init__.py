@@ -8,7 +8,11 @@ soon as Keras is imported. Where each lives: `docs/development.md`.
 
 import importlib
 
-from keras_tram import _moved
+from keras_tram._keras import versions as _versions
+
+_versions.check()
+
+from keras_tram import _moved  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,30 +1,55 @@
 """Every use of Keras's private API in keras-tram, in one place.
 
-Each function names the private attribute it reads and the Keras version it
-was checked against. Everything else in the package uses public Keras API
-only (`tests/integration/test_layout.py` checks that `keras.src` and these names appear
-nowhere else).
+Each function names the private attribute it reads. Everything else in the
+package uses public Keras API only (`tests/integration/test_layout.py`
+checks that `keras.src` and these names appear nowhere else).
 
-Checked on Keras 3.15.1.
+Checked on Keras 3.8.0 (the floor, CI's floor job) to 3.15.1
+(`versions.OLDEST`, `versions.NEWEST_CHECKED`). On a newer Keras that has
+dropped an attribute read here, the function raises `KerasChanged`, naming
+the attribute and the installed version, instead of training wrongly.
 """
 
 import contextlib
 
 import keras
 
-CHECKED_ON = "3.15.1"
+from keras_tram._keras import versions
 
-try:  # Checked on Keras 3.15.1 (keras/src/losses/loss.py).
+CHECKED_ON = (versions.OLDEST, versions.NEWEST_CHECKED)
+
+
+class KerasChanged(RuntimeError):
+    """The installed Keras lacks a private attribute keras-tram reads."""
+
+
+def private(owner, name, kind=None):
+    """`owner.name`, a private Keras attribute, or `KerasChanged` naming it
+    (as `kind.name`: the owner's class by default) and the installed Keras."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        if kind is None:
+            kind = owner.__name__ if isinstance(owner, type) else type(owner).__name__
+        raise KerasChanged(
+            f"keras-tram reads Keras's private `{kind}.{name}`, which "
+            f"{versions.describe()} does not have. Install a Keras in that range "
+            "(pip install 'keras<=" + versions.NEWEST_CHECKED + "'), or a keras-tram "
+            "release that supports this Keras."
+        ) from None
+
+
+try:  # keras/src/losses/loss.py, 3.8.0 to 3.15.1.
     from keras.src.losses.loss import unscale_loss_for_distribution
-except ImportError:  # Keras before 3.6: losses were not scaled for replicas.
+except ImportError:
     def unscale_loss_for_distribution(loss):
-        return loss
+        return private(keras.losses.Loss, "unscale_loss_for_distribution")
 
 
 def layers_of(model):
     """Every layer of `model`, itself and nested ones included
     (`Layer._flatten_layers`)."""
-    return list(model._flatten_layers())
+    return list(private(model, "_flatten_layers")())
 
 
 def seed_generators(model):
@@ -32,7 +57,7 @@ def seed_generators(model):
     return [
         generator
         for layer in layers_of(model)
-        for generator in getattr(layer, "_seed_generators", [])
+        for generator in private(layer, "_seed_generators")
     ]
 
 
@@ -68,7 +93,7 @@ def computing_in_variable_dtype(layers):
 def mark_seeded(generator, seed):
     """Makes `generator` count as seeded (`SeedGenerator._initial_seed`): torch
     dropout then draws its mask from the generator's state."""
-    if generator._initial_seed is None:
+    if private(generator, "_initial_seed") is None:
         generator._initial_seed = seed
 
 
@@ -76,12 +101,12 @@ def own_variables(layer):
     """The variables `layer` created itself, not its sublayers'
     (`Layer._trainable_variables`, `Layer._non_trainable_variables`), as
     `Layer.save_own_variables` saves them."""
-    return layer._trainable_variables + layer._non_trainable_variables
+    return private(layer, "_trainable_variables") + private(layer, "_non_trainable_variables")
 
 
 def loss_tracker(model):
     """The metric behind the `loss` entry of the logs (`Trainer._loss_tracker`)."""
-    return model._loss_tracker
+    return private(model, "_loss_tracker")
 
 
 def stateless_compute_loss(model, losses, trainable, non_trainable, metrics, x, y,
@@ -92,6 +117,7 @@ def stateless_compute_loss(model, losses, trainable, non_trainable, metrics, x, 
 
     Returns `(loss, non_trainable, metrics)`.
     """
+    private(model, "_losses_override")  # Keras reads it: it must be there
     model._losses_override = list(losses)
     try:
         loss, (_, non_trainable, metrics) = model.stateless_compute_loss(
@@ -117,8 +143,7 @@ def micro_steps(optimizer):
     (`BaseOptimizer._iterations`; `iterations` counts applied updates when
     accumulating gradients)."""
     optimizer = counting_optimizer(optimizer)
-    counter = getattr(optimizer, "_iterations", None)
-    return optimizer.iterations if counter is None else counter
+    return private(optimizer, "_iterations")
 
 
 def initial_learning_rate(optimizer):
@@ -126,7 +151,7 @@ def initial_learning_rate(optimizer):
     its learning rate (`BaseOptimizer._learning_rate`; a `LossScaleOptimizer`'s
     is its `inner_optimizer`'s)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    rate = getattr(inner, "_learning_rate", None)
+    rate = private(inner, "_learning_rate")
     if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
         return rate(0)
     return inner.learning_rate
@@ -140,7 +165,8 @@ class BuildsBeforeTracing:
     `Trainer._symbolic_build`)."""
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        build = private(super(), "_maybe_symbolic_build", kind="Trainer")
+        build(iterator=iterator, data_batch=data_batch)
         if self.built:
             return
         if iterator is not None:
@@ -148,4 +174,4 @@ class BuildsBeforeTracing:
                 data_batch = next(batches)
                 break
         if data_batch is not None:
-            self._symbolic_build(data_batch=data_batch)
+            private(self, "_symbolic_build")(data_batch=data_batch)

@@ -33,7 +33,7 @@ LAYERS = [
     ["keras_tram._step"],
     ["keras_tram.pieces"],
     ["keras_tram._ops"],
-    ["keras_tram._keras.compat"],
+    ["keras_tram._keras.compat", "keras_tram._keras.versions"],
 ]
 
 
@@ -115,10 +115,14 @@ def test_no_class_level_branch(path):
             assert not [n for n in node.body if isinstance(n, ast.If)], node.name
 
 
-def test_compat_names_the_keras_version_it_was_checked_on():
+def test_compat_names_the_keras_versions_it_was_checked_on():
     from keras_tram._keras import compat
 
-    assert f"Checked on Keras {compat.CHECKED_ON}" in (PACKAGE / "_keras" / "compat.py").read_text()
+    oldest, newest = compat.CHECKED_ON
+    text = (PACKAGE / "_keras" / "compat.py").read_text()
+    assert f"Checked on Keras {oldest} (the floor, CI's floor job) to {newest}" in text
+    # The floor pyproject.toml declares is the one checked.
+    assert f'"keras>={oldest}"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_imports_run_one_way():

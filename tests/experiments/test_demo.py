@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_tram.experiments import pretraining
 from keras_tram.experiments.demo import catalog
 from keras_tram.experiments.demo import digits
 from keras_tram.experiments.demo import intervals
@@ -119,20 +120,40 @@ def _check_files(folder, stem, record, completed):
     assert "95% interval" in completed.stdout
 
 
-def test_demo_reuses_and_rebuilds_its_cache(smallest_run):
+def test_demo_reuses_its_cache(smallest_run):
     folder, _ = smallest_run
     arguments = ("demo", "--methods", "adam", "--seeds", "1", "--no-intervals",
                  "--backend", BACKEND, "--output", "again", "--cache", "cache")
     reused = keras_tram(*arguments, cwd=folder)
     assert reused.returncode == 0 and "(cached)" in reused.stdout, reused.stderr[-2000:]
-    (cached,) = os.listdir(folder / "cache")
-    with open(folder / "cache" / cached, "wb") as file:
-        file.write(b"not a weights file")
-    rebuilt = keras_tram(*arguments, cwd=folder)
-    assert rebuilt.returncode == 0 and "rebuilding" in rebuilt.stdout, rebuilt.stderr[-2000:]
+    assert "pre-training" not in reused.stdout
     with open(folder / "again" / "digits.json") as file:
         record = json.load(file)
     assert record["runs"][0]["method"] == "adam" and record["comparisons"] == {}
+
+
+def test_an_unreadable_digits_cache_is_rebuilt(tmp_path):
+    """The cache the demo reads (`digits.pretrained_weights`, as in the run
+    above), given a file that is not weights: it says so, trains anew and
+    replaces the file with one that loads. (A few examples stand for the
+    digits: what is checked is the cache, not the network.)"""
+    rng = np.random.default_rng(0)
+    data = (rng.uniform(size=(8, digits.IMAGE_SIZE, digits.IMAGE_SIZE, 1)).astype("float32"),
+            rng.integers(0, 10, size=8))
+    logged = []
+    first = digits.pretrained_weights(str(tmp_path), data, log=logged.append)
+    (cached,) = os.listdir(tmp_path)
+    assert digits.pretrained_weights(str(tmp_path), data, log=logged.append)
+    assert logged[-1].endswith("(cached)")
+    with open(tmp_path / cached, "wb") as file:
+        file.write(b"not a weights file")
+    rebuilt = digits.pretrained_weights(str(tmp_path), data, log=logged.append)
+    assert any("unreadable" in line and line.endswith("rebuilding") for line in logged)
+    assert os.listdir(tmp_path) == [cached]
+    for a, b in zip(rebuilt, first):  # trained again from the same seed
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert digits.pretrained_weights(str(tmp_path), data, log=logged.append)
+    assert logged[-1].endswith("(cached)")
 
 
 @pytest.fixture(scope="module")
@@ -165,23 +186,47 @@ def test_lm_demo_writes_every_run(smallest_lm_run):
     _check_files(folder / "out", "lm", record, completed)
 
 
-def test_lm_demo_reuses_and_rebuilds_its_cache(smallest_lm_run):
+def test_lm_demo_reuses_its_cache(smallest_lm_run):
     folder, _ = smallest_lm_run
     arguments = ("demo", "--task", "lm", "--tiny", "--methods", "adam", "--seeds", "1",
                  "--no-intervals", "--backend", BACKEND, "--output", "again",
                  "--cache", "cache")
     reused = keras_tram(*arguments, cwd=folder)
     assert reused.returncode == 0 and "(cached)" in reused.stdout, reused.stderr[-2000:]
+    assert "pre-training" not in reused.stdout
     (cached,) = os.listdir(folder / "cache")
-    weights = [name for name in os.listdir(folder / "cache" / cached) if name.endswith(".h5")]
-    assert weights
-    with open(folder / "cache" / cached / weights[0], "wb") as file:
-        file.write(b"not a weights file")
-    rebuilt = keras_tram(*arguments, cwd=folder)
-    assert rebuilt.returncode == 0 and "rebuilding" in rebuilt.stdout, rebuilt.stderr[-2000:]
-    assert os.listdir(folder / "cache") == [cached]
+    assert [name for name in os.listdir(folder / "cache" / cached) if name.endswith(".h5")]
     with open(folder / "again" / "lm.json") as file:
         assert json.load(file)["runs"][0]["method"] == "adam"
+
+
+def test_an_unreadable_preset_cache_is_rebuilt(tmp_path):
+    """The LM task's cache (`pretraining.cached_preset`, as the run above
+    reads it), given a preset folder whose weights are not weights: it says
+    so, builds anew into a fresh folder renamed into place, and loads that."""
+    folder = str(tmp_path / "preset")
+    builds, logged = [], []
+
+    def build(target):
+        builds.append(target)
+        with open(os.path.join(target, "model.weights.h5"), "w") as file:
+            file.write(f"build {len(builds)}")
+
+    def load(target):
+        with open(os.path.join(target, "model.weights.h5")) as file:
+            text = file.read()
+        if not text.startswith("build"):
+            raise ValueError("not a weights file")
+        return text
+
+    assert pretraining.cached_preset(folder, build, load, logged.append) == "build 1"
+    assert pretraining.cached_preset(folder, build, load, logged.append) == "build 1"
+    assert logged[-1].endswith("(cached)") and len(builds) == 1
+    with open(os.path.join(folder, "model.weights.h5"), "w") as file:
+        file.write("not a weights file")
+    assert pretraining.cached_preset(folder, build, load, logged.append) == "build 2"
+    assert any("unreadable (ValueError); rebuilding" in line for line in logged)
+    assert builds[-1] == folder + ".partial" and os.listdir(tmp_path) == ["preset"]
 
 
 @pytest.mark.parametrize("arguments, mentions", [

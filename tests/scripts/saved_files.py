@@ -10,6 +10,17 @@ the two epochs and compares.
 Make a new generation (with the version being released, on each backend):
 
     KERAS_BACKEND=jax python tests/scripts/saved_files.py tests/data/0.1.0
+
+The states are those of one environment: the dropout masks come from the
+backend's random numbers, which differ between releases (JAX 0.4 and 0.5
+draw different bits from the same key), and a `.keras` file written by a
+Keras does not load in an older one. So a generation may also hold the same
+files written, by the same keras-tram version, in another environment, in
+`<backend>/<environment()>/` (`keras-3.8.0-jax-0.4.30`: the floor CI checks);
+where the running environment has such a folder, its files are the ones
+checked. Write one with `--environment`:
+
+    KERAS_BACKEND=jax python tests/scripts/saved_files.py tests/data/0.1.0 --environment
 """
 
 import os
@@ -73,13 +84,31 @@ def state(wrapped):
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
 
+def environment():
+    """`keras-<version>-<backend>-<version>`: what the saved states depend on."""
+    backend = keras.backend.backend()
+    library = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}[backend]
+    return f"keras-{keras.__version__}-{backend}-{__import__(library).__version__}"
+
+
 def folder(generation, backend=None):
-    return os.path.join(generation, backend or keras.backend.backend())
+    """The files of `generation` for `backend` (the current one by default):
+    those written in the running environment if the generation has them."""
+    backend = backend or keras.backend.backend()
+    target = os.path.join(generation, backend)
+    if backend == keras.backend.backend():
+        own = os.path.join(target, environment())
+        if os.path.isdir(own):
+            return own
+    return target
 
 
-def write(generation):
-    """Saves every method's files into `generation` for the current backend."""
+def write(generation, in_environment=False):
+    """Saves every method's files into `generation` for the current backend
+    (into its folder for the running environment if `in_environment`)."""
     target = folder(generation)
+    if in_environment:
+        target = os.path.join(generation, keras.backend.backend(), environment())
     os.makedirs(target, exist_ok=True)
     for name in METHODS:
         wrapped = fresh(name)
@@ -92,4 +121,4 @@ def write(generation):
 
 
 if __name__ == "__main__":
-    write(sys.argv[1])
+    write(sys.argv[1], in_environment="--environment" in sys.argv[2:])

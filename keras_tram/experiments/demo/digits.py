@@ -92,11 +92,22 @@ def _cross_entropy():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
+def _without_names(config):
+    """A Keras config without its `name`s, which Keras numbers per process
+    (`conv2d_3`): the same network gives the same key in every process and on
+    every call."""
+    if isinstance(config, dict):
+        return {k: _without_names(v) for k, v in config.items() if k != "name"}
+    if isinstance(config, list):
+        return [_without_names(v) for v in config]
+    return config
+
+
 def pretrained_weights(cache, data, log=print):
     """The pre-trained network's weights, from `cache` or trained now and cached."""
     key = hashlib.sha1(json.dumps(
         [PRETRAIN, IMAGE_SIZE, keras.__version__, keras.backend.backend(),
-         build_network().get_config()], sort_keys=True, default=str,
+         _without_names(build_network().get_config())], sort_keys=True, default=str,
     ).encode()).hexdigest()[:12]
     path = os.path.join(cache, f"pretrained-{keras.backend.backend()}-{key}.weights.h5")
     network = build_network()

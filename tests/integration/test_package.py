@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEAVY = ("keras_hub", "matplotlib", "sklearn", "gensim", "babel")
 
 
@@ -109,3 +110,28 @@ def test_public_attributes_do_not_warn():
     assert set(keras_tram.__all__) <= set(dir(keras_tram))
     with pytest.raises(AttributeError, match="no_such_name"):
         keras_tram.no_such_name
+
+
+def _declared_minimums():
+    """`{distribution: version}` of every `name>=version` in pyproject.toml."""
+    import re
+
+    with open(os.path.join(ROOT, "pyproject.toml")) as file:
+        text = file.read()
+    return {name.lower(): version
+            for name, version in re.findall(r'"([A-Za-z0-9_\-]+)(?:\[[^\]]*\])?>=([0-9.]+)"', text)}
+
+
+def test_the_floor_job_installs_the_declared_minimums():
+    """`.ci/floor.txt` pins Keras and JAX (jaxlib with it) at what
+    pyproject.toml declares, and the Keras floor is the one the package
+    checks at import."""
+    from keras_tram._keras import versions
+
+    declared = _declared_minimums()
+    with open(os.path.join(ROOT, ".ci", "floor.txt")) as file:
+        pins = dict(line.split("==") for line in file.read().split()
+                    if "==" in line and not line.startswith("#"))
+    assert pins["keras"] == declared["keras"] == versions.OLDEST
+    assert pins["jax"] == pins["jaxlib"] == declared["jax"]
+    assert pins["pytest"].split(".")[0] == declared["pytest"]

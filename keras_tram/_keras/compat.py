@@ -170,7 +170,9 @@ class BuildsBeforeTracing:
         if self.built:
             return
         if iterator is not None:
-            for _, _, batches in iterator:
+            # The epoch iterator yields `(step, batches)` on Keras 3.8 and
+            # `(begin, end, batches)` from 3.9 on: the batches come last.
+            for *_, batches in iterator:
                 data_batch = next(batches)
                 break
         if data_batch is not None:

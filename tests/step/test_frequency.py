@@ -137,6 +137,7 @@ def _fit_under(policy, build=None):
     """An SGD(0.1) fit of the MLP, 2 epochs of 4 batches, with the global
     dtype policy `policy`; its weights in float64, and the initial ones."""
     keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(0)  # the same noise for the methods that draw some
     try:
         model, initial = make_mlp()
         x, y, _ = make_data()
@@ -162,18 +163,24 @@ def test_reuse_under_mixed_precision_follows_float32(policy):
     float64 closed form, as plain training does (within 10×; or as float32
     is to float64, where the backend runs the policy's plain training in
     float32, as JAX 0.4 does bfloat16 on a CPU)."""
-    tram = {variant: lambda m, v=variant: keras_tram.TRAM(m, variant=v, perturbation_every=2)
-            for variant in ("previous_step", "pretrained")}
-    float32, initial = _fit_under("float32", tram["previous_step"])
+    methods = {
+        **{variant: lambda m, v=variant: keras_tram.TRAM(m, variant=v, perturbation_every=2)
+           for variant in ("previous_step", "pretrained", "input_noise")},
+        "tram_fisher": lambda m: keras_tram.TRAMFisher(m, perturbation_every=2),
+        "sam": lambda m: keras_tram.SAM(m, perturbation_every=2),
+        "asam": lambda m: keras_tram.ASAM(m, perturbation_every=2),
+        "fsam": lambda m: keras_tram.FSAM(m, perturbation_every=2),
+    }
+    float32, initial = _fit_under("float32", methods["previous_step"])
     x, y, _ = make_data()
     expected, radii = reference.train_reuse(initial, _batches(x, y, 4), 2, STRENGTH, 0.1)
     assert 0 < radii[1] < 1e-2  # a small radius: the case this is about
     plain = _gap(_fit_under(policy)[0], _fit_under("float32")[0])
     tolerance = 10 * max(plain, _gap(float32, expected))
     assert tolerance < 1e-2  # well below what amplified rounding gave
-    mixed = {variant: _fit_under(policy, build)[0] for variant, build in tram.items()}
-    for variant, build in tram.items():
-        assert _gap(mixed[variant], _fit_under("float32", build)[0]) <= tolerance, variant
+    mixed = {name: _fit_under(policy, build)[0] for name, build in methods.items()}
+    for name, build in methods.items():
+        assert _gap(mixed[name], _fit_under("float32", build)[0]) <= tolerance, name
     assert _gap(mixed["previous_step"], expected) <= tolerance  # against float64
 
 

@@ -23,6 +23,16 @@ class KerasChanged(RuntimeError):
     """The installed Keras lacks a private attribute keras-tram reads."""
 
 
+def missing(what):
+    """The `KerasChanged` for a private Keras name `what` that is gone."""
+    return KerasChanged(
+        f"keras-tram reads Keras's private `{what}`, which {versions.describe()} "
+        f"does not have. Install a Keras in that range (pip install "
+        f"'keras<={versions.NEWEST_CHECKED}'), or a keras-tram release that supports "
+        "this Keras."
+    )
+
+
 def private(owner, name, kind=None):
     """`owner.name`, a private Keras attribute, or `KerasChanged` naming it
     (as `kind.name`: the owner's class by default) and the installed Keras."""
@@ -31,19 +41,14 @@ def private(owner, name, kind=None):
     except AttributeError:
         if kind is None:
             kind = owner.__name__ if isinstance(owner, type) else type(owner).__name__
-        raise KerasChanged(
-            f"keras-tram reads Keras's private `{kind}.{name}`, which "
-            f"{versions.describe()} does not have. Install a Keras in that range "
-            "(pip install 'keras<=" + versions.NEWEST_CHECKED + "'), or a keras-tram "
-            "release that supports this Keras."
-        ) from None
+        raise missing(f"{kind}.{name}") from None
 
 
 try:  # keras/src/losses/loss.py, 3.8.0 to 3.15.1.
     from keras.src.losses.loss import unscale_loss_for_distribution
 except ImportError:
     def unscale_loss_for_distribution(loss):
-        return private(keras.losses.Loss, "unscale_loss_for_distribution")
+        raise missing("keras.src.losses.loss.unscale_loss_for_distribution")
 
 
 def layers_of(model):
@@ -64,12 +69,14 @@ def seed_generators(model):
 def reduced_precision_layers(model):
     """The layers of `model` whose dtype policy computes in a lower precision
     than their variables are kept in (`mixed_float16`, `mixed_bfloat16`;
-    quantized layers excepted), with that policy."""
+    quantized layers, and layers whose policy is a `DTypePolicyMap`,
+    excepted), with that policy."""
     found = []
+    policy_map = getattr(keras.dtype_policies, "DTypePolicyMap", ())
     for layer in layers_of(model):
         policy = layer.dtype_policy
-        if getattr(policy, "quantization_mode", None) is not None:
-            continue
+        if isinstance(policy, policy_map) or policy.quantization_mode is not None:
+            continue  # (a map is a quantized model's; its layers keep theirs)
         compute, variable = policy.compute_dtype, policy.variable_dtype
         if compute != variable and "float" in compute and "float" in variable:
             found.append((layer, policy))

@@ -4,10 +4,21 @@ import math
 import numbers
 
 import keras
+import numpy as np
+
+
+def scalar(value):
+    """A 0-d NumPy array of numbers (what `train_on_batch` returns for a
+    logged value on some Keras versions) as its number; anything else as it
+    is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        return value.item()
+    return value
 
 
 def check_non_negative(name, value):
     """Returns `value` as a float, or raises if it is not a finite number >= 0."""
+    value = scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"`{name}` must be a finite number >= 0; received {value!r} "

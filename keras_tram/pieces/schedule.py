@@ -33,6 +33,7 @@ from keras_tram.pieces._component import _deserialize
 from keras_tram.pieces._component import _is_serialized
 from keras_tram.pieces._component import Configurable
 from keras_tram.pieces._validation import check_non_negative
+from keras_tram.pieces._validation import scalar
 
 
 class At(NamedTuple):
@@ -131,6 +132,7 @@ def check(name, value):
     naming the argument."""
     if _is_serialized(value):
         value = _deserialize(value)
+    value = scalar(value)
     if isinstance(value, (keras.optimizers.schedules.LearningRateSchedule,
                           FollowLearningRate)):
         return value

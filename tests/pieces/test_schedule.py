@@ -175,7 +175,19 @@ BAD = [
     (lambda m: keras_tram.TRPO(m, perturb="no_bias_norm"), ValueError, "`perturb`"),
     (lambda m: keras_tram.GSAM(m, alpha=-1.0), ValueError, "`alpha`"),
     (lambda m: keras_tram.GSAM(m, alpha=True), TypeError, "`alpha`"),
+    (lambda m: keras_tram.SAM(m, rho=np.array([0.05])), TypeError, "`rho`"),
+    (lambda m: keras_tram.SAM(m, rho=np.array(True)), TypeError, "`rho`"),
+    (lambda m: keras_tram.SAM(m, rho=np.array(-0.05)), ValueError, "`rho`"),
 ]
+
+
+@pytest.mark.parametrize("value", [np.array(0.05), np.float32(0.05), np.array(5e-2, "float64")])
+def test_a_numpy_scalar_is_a_number(value):
+    """What `train_on_batch` returns for a logged radius (a 0-d array on
+    Keras 3.8) is a radius like any number."""
+    model, _ = make_mlp()
+    wrapped = keras_tram.SAM(model, rho=value)
+    assert wrapped.radius.rho == pytest.approx(0.05) and type(wrapped.radius.rho) is float
 
 
 def math_nan():

@@ -122,16 +122,24 @@ def _declared_minimums():
             for name, version in re.findall(r'"([A-Za-z0-9_\-]+)(?:\[[^\]]*\])?>=([0-9.]+)"', text)}
 
 
-def test_the_floor_job_installs_the_declared_minimums():
-    """`.ci/floor.txt` pins Keras and JAX (jaxlib with it) at what
-    pyproject.toml declares, and the Keras floor is the one the package
-    checks at import."""
-    from keras_tram._keras import versions
-
-    declared = _declared_minimums()
-    with open(os.path.join(ROOT, ".ci", "floor.txt")) as file:
-        pins = dict(line.split("==") for line in file.read().split()
+def _pins(name):
+    with open(os.path.join(ROOT, ".ci", name)) as file:
+        return dict(line.split("==") for line in file.read().split()
                     if "==" in line and not line.startswith("#"))
-    assert pins["keras"] == declared["keras"] == versions.OLDEST
-    assert pins["jax"] == pins["jaxlib"] == declared["jax"]
-    assert pins["pytest"].split(".")[0] == declared["pytest"]
+
+
+def test_the_floor_jobs_install_the_declared_minimums():
+    """`.ci/floor.txt` (CI's, JAX) and `.ci/floor-tensorflow.txt` pin Keras,
+    JAX (jaxlib with it), TensorFlow and keras-hub at what pyproject.toml
+    declares, and the Keras floor is the one the package checks at import."""
+    from keras_tram._keras.versions import OLDEST
+    from keras_tram._keras.versions import parse
+
+    declared = {name: parse(version) for name, version in _declared_minimums().items()}
+    jax, tensorflow = _pins("floor.txt"), _pins("floor-tensorflow.txt")
+    for pins in (jax, tensorflow):
+        assert parse(pins["keras"]) == declared["keras"] == parse(OLDEST)
+        assert parse(pins["pytest"]) == declared["pytest"]
+    assert parse(jax["jax"]) == parse(jax["jaxlib"]) == declared["jax"]
+    assert parse(tensorflow["tensorflow"]) == declared["tensorflow"]
+    assert parse(tensorflow["keras-hub"]) == declared["keras-hub"]

@@ -12,9 +12,10 @@ Make a new generation (with the version being released, on each backend):
     KERAS_BACKEND=jax python tests/scripts/saved_files.py tests/data/0.1.0
 
 The states are those of one environment: the dropout masks come from the
-backend's random numbers, which differ between releases (JAX 0.4 and 0.5
-draw different bits from the same key), and a `.keras` file written by a
-Keras does not load in an older one. So a generation may also hold the same
+backend's random numbers, which differ between releases (0.1.0's own code,
+from the same seed, ends up to 0.17 apart on Keras 3.8.0 with JAX 0.4.30 and
+on Keras 3.15.1 with JAX 0.10.2), and a `.keras` file written by a Keras
+does not load in an older one (3.8 rejects 3.15's `quantization_config`). So a generation may also hold the same
 files written, by the same keras-tram version, in another environment, in
 `<backend>/<environment()>/` (`keras-3.8.0-jax-0.4.30`: the floor CI checks);
 where the running environment has such a folder, its files are the ones

@@ -52,7 +52,8 @@ def _fit(method, optimizer=None, batch_size=4, epochs=2, **options):
     build, _ = METHODS[method]
     model, initial = make_mlp()
     x, y, _ = make_data()
-    compile_options = {k: options.pop(k) for k in ("jit_compile", "run_eagerly") if k in options}
+    compile_options = {k: options.pop(k) for k in ("jit_compile", "run_eagerly",
+                                                   "steps_per_execution") if k in options}
     wrapped = build(model, **options)
     wrapped.compile(optimizer=optimizer or keras.optimizers.SGD(LEARNING_RATE),
                     loss=cross_entropy(), **compile_options)
@@ -102,6 +103,57 @@ def test_every_update_a_full_step_is_the_method_itself(method):
     for a, b in zip(default.model.get_weights(), explicit.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert len(explicit.non_trainable_variables) == len(default.non_trainable_variables)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="Keras refuses steps_per_execution > 1 on torch")
+def test_several_updates_per_execution_take_their_full_steps_in_turn():
+    """`steps_per_execution=4`: one execution holds four updates, and each
+    still is a full step or not by its own index (0, 3 and 6 of 8)."""
+    wrapped, history, initial, batches = _fit(
+        "tram_previous_step", perturbation_every=EVERY, reuse_strength=STRENGTH,
+        steps_per_execution=4,
+    )
+    expected, radii = reference.train_reuse(
+        initial, batches, EVERY, STRENGTH, LEARNING_RATE, scale=TRAM_SCALE
+    )
+    assert_weights(wrapped.model, expected)
+    assert len(radii) == 3 and history["full_steps"] == [2.0, 1.0]
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("interrupted after epoch 2")
+
+
+def test_a_resumed_fit_continues_the_full_and_reuse_pattern(tmp_path):
+    """k = 3 over epochs of 4 updates: the full steps (updates 0, 3, 6, 9,
+    12, 15) cross the epochs. A fit interrupted after its second epoch and
+    resumed by `BackupAndRestore` in a new wrapper takes them where the
+    uninterrupted one does: the closed form's weights, and full steps 9 | 12,
+    15 in the resumed epochs."""
+    x, y, _ = make_data()
+    build, _ = METHODS["tram_previous_step"]
+    backup = str(tmp_path / "backup")
+
+    def fit(callbacks):
+        model, initial = make_mlp()
+        wrapped = build(model, perturbation_every=EVERY, reuse_strength=STRENGTH)
+        wrapped.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=cross_entropy())
+        history = wrapped.fit(x, y, batch_size=4, epochs=4, shuffle=False, verbose=0,
+                              callbacks=[keras.callbacks.BackupAndRestore(backup), *callbacks])
+        return model, initial, history.history
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit([_Interrupt()])
+    model, initial, history = fit([])
+    expected, radii = reference.train_reuse(
+        initial, _batches(x, y, 4, epochs=4), EVERY, STRENGTH, LEARNING_RATE, scale=TRAM_SCALE
+    )
+    assert len(radii) == 6
+    assert_weights(model, expected)
+    assert history["full_steps"] == [1.0, 2.0]
 
 
 @pytest.mark.parametrize("method", ["sam", "tram_previous_step"])

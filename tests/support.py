@@ -30,6 +30,16 @@ def make_mlp(seed=0, inputs=4, hidden=5, classes=3, l2=0.0, dropout=0.0):
     return model, weights
 
 
+def fresh_compiled(build):
+    """`build(model)` of a new MLP with dropout, compiled with Adam, from the
+    same seeds every time: the same weights, noise and dropout masks."""
+    keras.utils.set_random_seed(0)
+    model, _ = make_mlp(dropout=0.2)
+    wrapped = build(model)
+    wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+    return wrapped
+
+
 def make_data(n=16, inputs=4, classes=3, seed=1):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, inputs)).astype("float32")

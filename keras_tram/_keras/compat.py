@@ -136,12 +136,12 @@ def stateless_compute_loss(model, losses, trainable, non_trainable, metrics, x, 
     return loss, non_trainable, metrics
 
 
-def counting_optimizer(optimizer):
-    """The optimizer whose counters say which update a step belongs to: a
-    `LossScaleOptimizer`'s `inner_optimizer`, which applies the updates and
-    accumulates gradients. Keras 3.8's `LossScaleOptimizer.iterations`
-    is its own counter, which stays at 0 (3.9 and later return the inner
-    optimizer's); the inner optimizer's is right on every version."""
+def inner_optimizer(optimizer):
+    """The optimizer that applies the updates: a `LossScaleOptimizer`'s
+    `inner_optimizer`, any other optimizer itself. Its counters say which
+    update a step belongs to (Keras 3.8's `LossScaleOptimizer.iterations` is
+    the wrapper's own counter, which stays at 0; 3.9 and later return the
+    inner optimizer's), and its learning rate is the one applied."""
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
@@ -149,15 +149,14 @@ def micro_steps(optimizer):
     """The optimizer's count of calls to `apply`, accumulating ones included
     (`BaseOptimizer._iterations`; `iterations` counts applied updates when
     accumulating gradients)."""
-    optimizer = counting_optimizer(optimizer)
-    return private(optimizer, "_iterations")
+    return private(inner_optimizer(optimizer), "_iterations")
 
 
 def initial_learning_rate(optimizer):
     """The learning rate of the optimizer's update 0: its schedule at 0, else
-    its learning rate (`BaseOptimizer._learning_rate`; a `LossScaleOptimizer`'s
-    is its `inner_optimizer`'s)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    its learning rate (`BaseOptimizer._learning_rate`, of the
+    `inner_optimizer`)."""
+    inner = inner_optimizer(optimizer)
     rate = private(inner, "_learning_rate")
     if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
         return rate(0)

@@ -191,15 +191,15 @@ def _at(optimizer, learning_rate=False):
     and at update 0."""
     if optimizer is None:
         return schedule.At()
-    counting = _compat.counting_optimizer(optimizer)
-    index = ops.convert_to_tensor(counting.iterations)
+    inner = _compat.inner_optimizer(optimizer)
+    index = ops.convert_to_tensor(inner.iterations)
     rates = {}
     if learning_rate:
         rates = dict(
             learning_rate=ops.cast(optimizer.learning_rate, "float32"),
             initial_learning_rate=ops.cast(_compat.initial_learning_rate(optimizer), "float32"),
         )
-    steps = getattr(counting, "gradient_accumulation_steps", None)
+    steps = getattr(inner, "gradient_accumulation_steps", None)
     if not steps or steps <= 1:
         return schedule.At(index, **rates)
     # `iterations` counts updates when accumulating; Keras decides with its

@@ -118,12 +118,12 @@ def test_optimizer_counters_read_the_inner_optimizer_of_a_loss_scale_optimizer()
     stays at 0: the update index is the inner optimizer's on every version."""
     inner = keras.optimizers.SGD(0.1)
     optimizer = keras.optimizers.LossScaleOptimizer(inner)
-    assert compat.counting_optimizer(optimizer) is inner
+    assert compat.inner_optimizer(optimizer) is inner
     model, _ = make_mlp()
     x, y, _ = make_data()
     wrapped = keras_tram.SAM(model)
     wrapped.compile(optimizer=optimizer, loss=cross_entropy())
     wrapped.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    counted = compat.counting_optimizer(optimizer)
+    counted = compat.inner_optimizer(optimizer)
     assert int(keras.ops.convert_to_numpy(counted.iterations)) == 4
     assert int(keras.ops.convert_to_numpy(compat.micro_steps(optimizer))) == 4

@@ -13,6 +13,7 @@ from support import BACKEND
 from support import cross_entropy
 from support import EXECUTION_MODES
 from support import fit_full_batch
+from support import fresh_compiled
 from support import make_data
 from support import make_mlp
 from support import STEPS
@@ -91,6 +92,20 @@ def _state(wrapped):
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
 
+def _fits_with_and_without(poisoned, x, y, rows, make_wrapped):
+    """`[(history, state)]` of two fits from the same seeds (weights, noise):
+    on `poisoned` (`x` with NaN in its batch `rows`), and on `x` without
+    those rows."""
+    runs = []
+    for inputs, labels in ((poisoned, y), (np.delete(x, rows, 0), np.delete(y, rows))):
+        keras.utils.set_random_seed(0)
+        wrapped = make_wrapped()
+        wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
+        history = wrapped.fit(inputs, labels, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        runs.append((history.history, _state(wrapped)))
+    return runs
+
+
 @pytest.mark.parametrize("name", sorted(ALL_METHODS))
 def test_a_non_finite_batch_changes_nothing_and_is_counted(name):
     """Training through a NaN batch ends exactly where training without it does:
@@ -98,15 +113,8 @@ def test_a_non_finite_batch_changes_nothing_and_is_counted(name):
     x, y, _ = make_data()
     poisoned = x.copy()
     poisoned[8:12, 0] = np.nan  # the third of four batches
-    runs = []
-    for inputs, labels in ((poisoned, y), (np.delete(x, np.s_[8:12], 0),
-                                           np.delete(y, np.s_[8:12]))):
-        keras.utils.set_random_seed(0)  # the same noise seeds in both runs
-        model, _ = make_mlp()
-        wrapped = ALL_METHODS[name](model)
-        wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
-        history = wrapped.fit(inputs, labels, batch_size=4, epochs=2, shuffle=False, verbose=0)
-        runs.append((history.history, _state(wrapped)))
+    runs = _fits_with_and_without(poisoned, x, y, np.s_[8:12],
+                                  lambda: ALL_METHODS[name](make_mlp()[0]))
     (poisoned_history, poisoned_state), (clean_history, clean_state) = runs
     assert poisoned_history["skipped_steps"] == [1.0, 1.0]
     assert clean_history["skipped_steps"] == [0.0, 0.0]
@@ -128,18 +136,12 @@ def test_a_non_finite_batch_changes_nothing_in_a_convolutional_model(name):
     poisoned[4:8, 0, 0] = np.nan  # the second of three batches
     make = {"sam": lambda m: keras_tram.SAM(m, rho=0.1),
             "tram_previous_step": ALL_METHODS["tram_previous_step"]}
-    runs = []
-    for inputs, labels in ((poisoned, y), (np.delete(x, np.s_[4:8], 0),
-                                           np.delete(y, np.s_[4:8]))):
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([
+    runs = _fits_with_and_without(poisoned, x, y, np.s_[4:8], lambda: make[name](
+        keras.Sequential([
             keras.Input((6, 2)), keras.layers.Conv1D(3, 3, activation="tanh"),
             keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3),
         ])
-        wrapped = make[name](model)
-        wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
-        history = wrapped.fit(inputs, labels, batch_size=4, epochs=2, shuffle=False, verbose=0)
-        runs.append((history.history, _state(wrapped)))
+    ))
     (poisoned_history, poisoned_state), (_, clean_state) = runs
     assert poisoned_history["skipped_steps"] == [1.0, 1.0]
     for actual, want in zip(poisoned_state, clean_state):
@@ -162,11 +164,7 @@ def test_an_overflowing_perturbation_is_skipped():
 
 def _fresh(name):
     """The same new, compiled model every time: seeds, weights and dropout."""
-    keras.utils.set_random_seed(0)
-    model, _ = make_mlp(dropout=0.2)
-    wrapped = ALL_METHODS[name](model)
-    wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
-    return wrapped
+    return fresh_compiled(ALL_METHODS[name])
 
 
 @pytest.mark.parametrize("name", sorted(ALL_METHODS))

@@ -33,9 +33,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_tram  # noqa: E402
 
-from support import cross_entropy  # noqa: E402
+from support import fresh_compiled  # noqa: E402
 from support import make_data  # noqa: E402
-from support import make_mlp  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
@@ -65,11 +64,7 @@ EPOCHS = 2  # before saving, and again after loading
 
 def fresh(name):
     """The same new, compiled wrapper every time: seeds, weights and dropout."""
-    keras.utils.set_random_seed(0)
-    model, _ = make_mlp(dropout=0.2)
-    wrapped = METHODS[name](model)
-    wrapped.compile(optimizer=keras.optimizers.Adam(0.05), loss=cross_entropy())
-    return wrapped
+    return fresh_compiled(METHODS[name])
 
 
 def fit(wrapped):

@@ -5,6 +5,14 @@ As Keras picks one trainer per backend at import (`keras/src/models/model.py`),
 values out), variables assigned in place on TensorFlow and PyTorch. Each
 takes the gradient from `_step.algorithm.Algorithm.run`, applies it with the compiled
 optimizer when it is finite, and updates the metrics from the clean pass.
+
+With `perturbation_every = k`, whether an update is a full step is known
+before it runs (its index modulo k), and the trainers decide it there: JAX
+compiles one step function per kind of step and picks one before each
+step; torch, which runs the step eagerly, passes the decision in. Only
+where one compiled execution holds several updates (`steps_per_execution`
+on JAX and TensorFlow, and TensorFlow's graph in general) does the step
+decide itself, with a `cond`.
 """
 
 import functools
@@ -26,11 +34,14 @@ class _Common:
     def make_train_function(self, force=False):
         # `fit` and `train_on_batch` come here once the model is built and
         # before any step: the moment to fill the reference weights.
-        for component in self._method.components:
-            component.fill(self.trainable_variables)
+        self._fill_references()
         return super().make_train_function(force=force)
 
-    def _run(self, weights, non_trainable, metrics, data, optimizer_values=None):
+    def _fill_references(self):
+        for component in self._method.components:
+            component.fill(self.trainable_variables)
+
+    def _run(self, weights, non_trainable, metrics, data, optimizer_values=None, full=None):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         return self._algorithm.run(
             _step.Values(weights, non_trainable, metrics), (x, y, sample_weight),
@@ -42,7 +53,20 @@ class _Common:
                 functools.partial(_at, learning_rate=self._method.reads_learning_rate),
                 optimizer_values,
             ),
+            full,
         ), (x, y, sample_weight)
+
+    def _update_index(self):
+        """The optimizer's variable that counts updates (a LossScaleOptimizer's
+        inner one's) if whether a step is a full step can be decided before
+        it runs, else None (then the step decides: no alternation, or
+        gradient accumulation, whose update index is a quotient)."""
+        if not self._algorithm.frequency.alternates or self.optimizer is None:
+            return None
+        inner = _compat.inner_optimizer(self.optimizer)
+        if (getattr(inner, "gradient_accumulation_steps", None) or 1) > 1:
+            return None
+        return inner.iterations
 
     def _optimizer_value(self, read, optimizer_values):
         """`read(optimizer)`, with the optimizer's variables at
@@ -86,11 +110,34 @@ class _Common:
 
 
 class _StatelessTrainer(_Common):
-    """JAX: `train_step(state, data) -> (logs, state)`."""
+    """JAX: `train_step(state, data) -> (logs, state)`.
 
-    def train_step(self, state, data):
+    With `perturbation_every`, and one update per execution, the train
+    function is two: Keras's, made around the full step and around the step
+    in between, picked before each step from the update index in the state
+    (`_PickedBeforeEachStep`). Each is traced once, and neither carries the
+    other's passes or a `cond`."""
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return super().make_train_function(force=force)
+        index = self._update_index()
+        positions = [id(v) for v in self.optimizer.variables] if index is not None else []
+        if id(index) not in positions or self.steps_per_execution != 1:
+            return super().make_train_function(force=force)
+        self._fill_references()
+        make = super(_Common, self).make_train_function  # Keras's own
+        full, in_between = (
+            _compat.train_function_around(self, make, functools.partial(self.train_step, full=kind))
+            for kind in (True, False)
+        )
+        self.train_function = _PickedBeforeEachStep(
+            self._algorithm.frequency.is_full_at, positions.index(id(index)), full, in_between
+        )
+
+    def train_step(self, state, data, full=None):
         weights, non_trainable, optimizer_values, metrics = state
-        result, batch = self._run(weights, non_trainable, metrics, data, optimizer_values)
+        result, batch = self._run(weights, non_trainable, metrics, data, optimizer_values, full)
         grads, finite = result.grads, result.finite
         mapping = list(zip(self.metrics_variables, result.metrics))
         with keras.StatelessScope(state_mapping=mapping) as scope:
@@ -124,6 +171,21 @@ class _StatelessTrainer(_Common):
         return self._without_step_statistics(logs), state
 
 
+class _PickedBeforeEachStep:
+    """A JAX train function `(state, data) -> (logs, state)` that runs
+    `full` or `in_between` as `is_full_at(update index)` says, the index read
+    from the optimizer's variables in the state (at `position`)."""
+
+    def __init__(self, is_full_at, position, full, in_between):
+        self.is_full_at = is_full_at
+        self.position = position
+        self.full, self.in_between = full, in_between
+
+    def __call__(self, state, data):
+        index = int(state[2][self.position])
+        return (self.full if self.is_full_at(index) else self.in_between)(state, data)
+
+
 class _StatefulTrainer(_Common):
     """TensorFlow and PyTorch: `train_step(data) -> logs`, variables assigned."""
 
@@ -131,7 +193,12 @@ class _StatefulTrainer(_Common):
         non_trainable = _backend.values_of(self.non_trainable_variables)
         metrics = _backend.values_of(self.metrics_variables)
         weights = _backend.values_of(self.trainable_variables)
-        result, batch = self._run(weights, non_trainable, metrics, data)
+        full = None
+        index = self._update_index()
+        if index is not None and _backend.runs_eagerly(self):
+            # Known before the step: no `cond`, and a Python branch.
+            full = self._algorithm.frequency.is_full_at(int(index.value))
+        result, batch = self._run(weights, non_trainable, metrics, data, full=full)
         grads, finite = result.grads, result.finite
         with _backend.no_grad():
             # State first: on torch the step's values are views of the
@@ -147,8 +214,7 @@ class _StatefulTrainer(_Common):
             skips_non_finite = self._optimizer_skips_non_finite()
 
             def update(grads, *values):
-                for (variable, _), value in zip(changed, values):
-                    variable.assign(value)
+                _backend.assign([variable for variable, _ in changed], values)
                 if not skips_non_finite:
                     self.optimizer.apply(grads, self.trainable_variables)
 
@@ -215,6 +281,6 @@ def _select(condition, new_values, old_values):
 
 def _assign_changed(variables, values, old_values):
     """Assigns the values that are not the very tensors read before the step."""
-    for variable, value, old in zip(variables, values, old_values):
-        if value is not old:
-            variable.assign(value)
+    changed = [(v, value) for v, value, old in zip(variables, values, old_values)
+               if value is not old]
+    _backend.assign([v for v, _ in changed], [value for _, value in changed])

@@ -105,6 +105,15 @@ def slow_convolutions_in_branches(model):
     return any(isinstance(layer, convolutions) for layer in _compat.layers_of(model))
 
 
+def runs_eagerly(model):
+    """Whether `model`'s train step runs as Python, step by step (torch
+    unless `torch.compile`d, `run_eagerly`), so a tensor's value may decide
+    what the step does."""
+    if model.run_eagerly:
+        return True
+    return keras.backend.backend() == "torch" and not model.jit_compile
+
+
 def dynamic_shapes(model):
     """Whether a step of `model` (compiled) may make tensors whose shape
     depends on values (the rows an embedding lookup touched): on torch, and
@@ -181,6 +190,24 @@ def values_of(variables):
     if backend == "torch":
         return [v.value.detach() for v in variables]
     return [v.value for v in variables]
+
+
+def assign(variables, values):
+    """`variable.assign(value)` for each pair; on torch one fused copy where
+    every value has its variable's dtype and shape, instead of an `assign`
+    (conversion, checks, copy) per variable, e.g. per weight of TRAM's
+    reference copy."""
+    if keras.backend.backend() == "torch" and variables:
+        import torch
+
+        targets = [v.value for v in variables]
+        values = list(values)
+        if all(isinstance(s, torch.Tensor) and s.dtype == t.dtype and s.shape == t.shape
+               for s, t in zip(values, targets)):
+            torch._foreach_copy_(targets, values)
+            return
+    for variable, value in zip(variables, values):
+        variable.assign(value)
 
 
 def no_grad():

@@ -122,17 +122,20 @@ class Algorithm:
         # variables' dtype (`frequency.Every`).
         self.precise_full_step = self.frequency.keeps_direction and self.forward.reduces_precision
 
-    def run(self, values, batch, scaling, at):
+    def run(self, values, batch, scaling, at, full=None):
         """The step on a batch `(x, y, sample_weight)` from `values`, under
         the optimizer's `scaling`, at `at` (`keras_tram.schedule.At`): a
-        `Result`."""
+        `Result`. `full`: whether this is a full step, when the trainer
+        decided before the step (a Python bool); by default the step decides
+        from `at` itself."""
         if len(values.non_trainable) != len(self.positions):
             raise RuntimeError(
                 f"The wrapper has {len(values.non_trainable)} non-trainable variables, "
                 f"{len(self.positions)} when it was built: variables were added to the "
                 "model after it was wrapped. Wrap the model once it is complete."
             )
-        full = self.frequency.is_full(at)
+        if full is None:
+            full = self.frequency.is_full(at)
         parts = self.split.parts(*batch)
         state, metrics, outcomes = values.non_trainable, values.metrics, []
         for part in parts:
@@ -150,7 +153,7 @@ class Algorithm:
         loss, y_pred, statistics = self._whole_batch(outcomes, parts)
 
         step = self._view(policies.Part(*batch), values.weights, values.non_trainable, at)
-        new_state = self._new_state(step, state, descents)
+        new_state = self._new_state(step, state, descents, full)
 
         # One norm per gradient is a cheaper finiteness check than one per
         # element; a norm that overflows float32 also counts as non-finite.
@@ -194,7 +197,7 @@ class Algorithm:
         ))
         descent = self.frequency.descent(
             lambda: self._full_step(step, clean, part, scaling, gradient),
-            clean, step, part, scaling,
+            clean, step, part, scaling, full,
         )
         return descent, clean.outputs._replace(
             statistics={**clean.outputs.statistics, **descent.statistics}
@@ -281,10 +284,10 @@ class Algorithm:
         }
         return loss, y_pred, statistics
 
-    def _new_state(self, step, state, descents):
+    def _new_state(self, step, state, descents, full):
         """`state` with the components' updates (references, moving averages),
         the sharpness direction and the input-noise seed moved on."""
-        updates = dict(self.frequency.state_updates(descents, step))
+        updates = dict(self.frequency.state_updates(descents, step, full))
         for component in self.components:
             for variable, value in component.update(step):
                 if step.at.applies is not True:

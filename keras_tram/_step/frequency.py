@@ -3,11 +3,14 @@ never (`Never`: the penalty methods' plain step on the clean gradient), on
 every update (`Always`), or every k-th update with LookSAM's reuse of the
 sharpness direction in between (`Every`, `keras_tram.reuse.Reuse`).
 
-Each takes the part's clean pass and a function that runs the full step
-(radius, perturbation, perturbed pass, descent) and returns the part's
-`PartDescent`. `Every` decides with a `cond` on the update's index
-(`_backend.branch`), so the step is compiled once and a step in between
-skips the perturbed pass.
+Each takes the part's clean pass, a function that runs the full step
+(radius, perturbation, perturbed pass, descent) and whether this is a full
+step, and returns the part's `PartDescent`. That decision is a Python bool
+when the trainer takes it before the step (`Every.is_full_at`: a step
+function per kind of step, picked from the update index), or a boolean
+tensor (`is_full`) where one compiled execution holds several updates
+(`steps_per_execution`): then `Every` branches with a `cond`
+(`_backend.branch`), and a step in between still skips the perturbed pass.
 """
 
 from typing import Any
@@ -39,22 +42,23 @@ class Never:
     def is_full(self, at):
         return True
 
+    alternates = False  # whether full steps and steps in between alternate
     full_step_names = ()  # the statistics logged over the full steps only
     keeps_direction = False  # whether a full step keeps `g_v` for later steps
 
-    def descent(self, full_step, clean, step, part, scaling):
+    def descent(self, full_step, clean, step, part, scaling, full):
         return PartDescent(clean.scaled_grads)
 
-    def state_updates(self, parts, step):
+    def state_updates(self, parts, step, full):
         return {}
 
 
 class Always(Never):
     """The full step on every update."""
 
-    def descent(self, full_step, clean, step, part, scaling):
-        full = full_step()
-        return PartDescent(full.grads, statistics=full.statistics)
+    def descent(self, full_step, clean, step, part, scaling, full):
+        result = full_step()
+        return PartDescent(result.grads, statistics=result.statistics)
 
 
 class Every(Never):
@@ -72,6 +76,7 @@ class Every(Never):
     """
 
     keeps_direction = True
+    alternates = True
 
     def __init__(self, reuse, model, per_replica, names):
         self.reuse = reuse
@@ -82,7 +87,11 @@ class Every(Never):
     def is_full(self, at):
         return self.reuse.is_full(at.index)
 
-    def descent(self, full_step, clean, step, part, scaling):
+    def is_full_at(self, index):
+        """Whether the update of (Python int) index `index` is a full step."""
+        return index % self.reuse.every == 0
+
+    def descent(self, full_step, clean, step, part, scaling, full):
         """On a full update the full step's descent, keeping its `g_v`; on the
         others the clean gradient plus the reused direction. The statistics
         of the perturbation are 0 on the steps in between."""
@@ -135,18 +144,19 @@ class Every(Never):
         # (convolutions under XLA on a CPU), both kinds run and one is selected.
         select = _backend.slow_convolutions_in_branches(self.model)
         grads, bound, values, direction, norm = _backend.branch(
-            self.is_full(at), full_update, update_in_between, select=select
+            full, full_update, update_in_between, select=select
         )
         return PartDescent(grads, bound, dict(zip(self.full_step_names, values)), direction, norm)
 
-    def state_updates(self, parts, step):
+    def state_updates(self, parts, step, full):
         """`{id(variable): value}`: `g_v` and its norm after the step, from the
         `PartDescent`s of the batch's parts (`step` is the whole batch's)."""
         reuse = self.reuse
+        if full is False:  # decided before the step: g_v stays
+            return {}
         if len(parts) == 1:
             direction, norm = parts[0].direction, parts[0].direction_norm
         else:
-            full = self.is_full(step.at)
             previous = [step.value_of(v) for v in reuse.variables]
             direction = accumulated(
                 [sum(shares) for shares in zip(*[p.direction for p in parts])], previous, step.at

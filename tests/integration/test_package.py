@@ -39,7 +39,7 @@ def test_the_command_answers_without_importing_keras(arguments):
 
 
 def test_importing_the_package_adds_no_heavy_module_to_keras():
-    added = run_python(f"""
+    added = run_python("""
         import json, sys
         import keras
         before = set(sys.modules)

@@ -9,10 +9,10 @@ optimizer when it is finite, and updates the metrics from the clean pass.
 With `perturbation_every = k`, whether an update is a full step is known
 before it runs (its index modulo k), and the trainers decide it there: JAX
 compiles one step function per kind of step and picks one before each
-step; torch, which runs the step eagerly, passes the decision in. Only
-where one compiled execution holds several updates (`steps_per_execution`
-on JAX and TensorFlow, and TensorFlow's graph in general) does the step
-decide itself, with a `cond`.
+step; torch, which runs the step eagerly, passes the decision in. Where
+one compiled execution holds several updates (`steps_per_execution` on JAX
+and TensorFlow, and TensorFlow's graph in general), and under gradient
+accumulation, the step decides itself, with a `cond`.
 """
 
 import functools
@@ -182,7 +182,7 @@ class _PickedBeforeEachStep:
         self.full, self.in_between = full, in_between
 
     def __call__(self, state, data):
-        index = int(state[2][self.position])
+        index = _backend.host_int(state[2][self.position])
         return (self.full if self.is_full_at(index) else self.in_between)(state, data)
 
 

@@ -210,6 +210,15 @@ def assign(variables, values):
         variable.assign(value)
 
 
+def host_int(value):
+    """A scalar integer tensor's value as a Python int, read from this
+    process's own copy (a JAX array spread over several processes cannot be
+    read whole)."""
+    if hasattr(value, "addressable_data"):
+        value = value.addressable_data(0)
+    return int(value)
+
+
 def no_grad():
     """A context in which in-place updates of trainable torch tensors are allowed."""
     if keras.backend.backend() == "torch":

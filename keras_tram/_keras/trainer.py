@@ -197,7 +197,7 @@ class _StatefulTrainer(_Common):
         index = self._update_index()
         if index is not None and _backend.runs_eagerly(self):
             # Known before the step: no `cond`, and a Python branch.
-            full = self._algorithm.frequency.is_full_at(int(index.value))
+            full = self._algorithm.frequency.is_full_at(_backend.host_int(index.value))
         result, batch = self._run(weights, non_trainable, metrics, data, full=full)
         grads, finite = result.grads, result.finite
         with _backend.no_grad():
@@ -281,6 +281,5 @@ def _select(condition, new_values, old_values):
 
 def _assign_changed(variables, values, old_values):
     """Assigns the values that are not the very tensors read before the step."""
-    changed = [(v, value) for v, value, old in zip(variables, values, old_values)
-               if value is not old]
-    _backend.assign([v for v, _ in changed], [value for _, value in changed])
+    changed = [i for i, (value, old) in enumerate(zip(values, old_values)) if value is not old]
+    _backend.assign([variables[i] for i in changed], [values[i] for i in changed])

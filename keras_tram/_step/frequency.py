@@ -89,7 +89,7 @@ class Every(Never):
 
     def is_full_at(self, index):
         """Whether the update of (Python int) index `index` is a full step."""
-        return index % self.reuse.every == 0
+        return self.reuse.is_full(index)
 
     def descent(self, full_step, clean, step, part, scaling, full):
         """On a full update the full step's descent, keeping its `g_v`; on the

@@ -83,9 +83,12 @@ class Reuse(Configurable):
 
     def is_full(self, update_index):
         """Whether the update of index `update_index` is a full step: True,
-        or a boolean tensor when updates are skipped."""
+        or, when updates are skipped, a Python bool for a Python int index
+        and a boolean tensor for a tensor."""
         if not self.skips:
             return True
+        if isinstance(update_index, int):
+            return update_index % self.every == 0
         return ops.equal(ops.mod(ops.cast(update_index, "int32"), self.every), 0)
 
     def direction(self, grads, perturbed_grads, grad_norm=None):
